@@ -1,0 +1,119 @@
+"""The job endpoints: plain ASGI callables that read only from memory.
+
+A cache hit is a dictionary lookup, an ETag comparison and two `send` calls with headers
+prepared when the file was loaded. A miss (an evicted session) is read off the event loop, once
+however many requests wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
+
+from app.errors import InvalidJobId
+from app.listing import next_link, parse_list_query
+from app.sessionfile import Document, is_job_id
+from app.store import SessionStore
+
+_METHODS = ("GET", "HEAD")
+_ALLOW = {"Allow": "GET, HEAD"}
+_STALE = (b"x-session-stale", b"true")
+
+
+class MissLoader:
+    """Loads evicted sessions in a thread pool, one read per job id however many wait."""
+
+    def __init__(self, store: SessionStore, executor: Executor) -> None:
+        self._store = store
+        self._executor = executor
+        self._in_flight: dict[str, asyncio.Future[Document]] = {}
+        self.loads = 0
+
+    async def load(self, job_id: str) -> Document:
+        future = self._in_flight.get(job_id)
+        if future is None:
+            self.loads += 1
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._store.load_missing, job_id)
+            self._in_flight[job_id] = future
+            future.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
+        # shield: one waiter giving up (a client that disconnects) must not cancel the others'.
+        return await asyncio.shield(future)
+
+
+def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
+    if if_none_match == etag:
+        return True
+    for candidate in if_none_match.split(b","):
+        candidate = candidate.strip()
+        if candidate == b"*" or candidate.removeprefix(b"W/") == etag:
+            return True
+    return False
+
+
+class JobEndpoint:
+    """GET/HEAD /api/v2/jobs/{job_id}"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method not in _METHODS:
+            raise HTTPException(405, "use GET or HEAD", headers=_ALLOW)
+        job_id: str = scope["path_params"]["job_id"]
+        if not is_job_id(job_id):
+            raise InvalidJobId(
+                f"{job_id[:80]!r} is not a job id: 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+            )
+        state = scope["state"]
+        document, stale = state["store"].lookup(job_id)
+        if document is None:
+            document = await state["loader"].load(job_id)
+        if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value
+                break
+        if if_none_match is not None and _etag_matches(if_none_match, document.etag):
+            headers = [*document.not_modified_headers, _STALE] if stale else document.not_modified_headers
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": document.stale_headers if stale else document.headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else document.body})
+
+
+class JobListEndpoint:
+    """GET/HEAD /api/v2/jobs"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method not in _METHODS:
+            raise HTTPException(405, "use GET or HEAD", headers=_ALLOW)
+        query = parse_list_query(scope["query_string"])
+        store: SessionStore = scope["state"]["store"]
+        items, total, next_key, revision = store.page(
+            statuses=query.statuses,
+            user_id=query.user_id,
+            include_saved=query.include_saved,
+            after=query.after,
+            limit=query.limit,
+        )
+        body = b"[" + b",".join(items) + b"]"
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-total-count", str(total).encode()),
+            (b"x-revision", str(revision).encode()),
+        ]
+        if next_key is not None:
+            headers.append((b"link", next_link(scope["path"], query, next_key)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})

@@ -1,0 +1,208 @@
+"""Prometheus metrics: request figures observed by middleware, store figures refreshed from the
+store's counters by a monitor task (and just before every scrape), event-loop lag measured by it.
+
+With `--workers N`, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR, set
+by `python -m app`): counters and histograms add up across workers, per-worker gauges of cache
+size add up (`livesum`), and figures every worker shares (sessions indexed) take the maximum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.jobs import MissLoader
+    from app.reconciler import Reconciler
+    from app.store import Change, SessionStore
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MONITOR_INTERVAL_S = 0.25
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # A registry per app, so that apps built in one process (tests) do not collide; in
+        # multiprocess mode values live in files and a scrape collects them afresh.
+        self.registry = CollectorRegistry()
+        registry = None if self.multiprocess else self.registry
+        self.requests = Counter(
+            "sessions_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "sessions_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "sessions_cache_entries", "Documents in the LRU cache.", registry=registry, multiprocess_mode="livesum"
+        )
+        self.cache_bytes = Gauge(
+            "sessions_cache_bytes",
+            "Bytes of documents in the LRU cache.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.cache_hits = Counter("sessions_cache_hits", "Reads served from the cache.", registry=registry)
+        self.cache_misses = Counter(
+            "sessions_cache_misses", "Reads of an evicted session (loaded from disk).", registry=registry
+        )
+        self.cache_evictions = Counter(
+            "sessions_cache_evictions", "Documents evicted from the cache.", registry=registry
+        )
+        self.cache_loads = Counter(
+            "sessions_cache_loads", "File reads for cache misses (one per id however many wait).", registry=registry
+        )
+        self.sessions = Gauge("sessions_indexed", "Valid sessions indexed.", registry=registry, multiprocess_mode="max")
+        self.invalid_files = Gauge(
+            "sessions_invalid_files", "Session files that are invalid now.", registry=registry, multiprocess_mode="max"
+        )
+        self.revision = Gauge(
+            "sessions_store_revision", "Changes applied to the store.", registry=registry, multiprocess_mode="max"
+        )
+        self.ready = Gauge("sessions_ready", "1 once the warm-up is done.", registry=registry, multiprocess_mode="min")
+        self.warmup = Gauge(
+            "sessions_warmup_duration_seconds",
+            "Time the start-up warm-up took.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.watcher_events = Counter(
+            "sessions_watcher_events", "File events reported by the native watcher.", registry=registry
+        )
+        self.watcher_up = Gauge(
+            "sessions_watcher_up",
+            "1 while the native watcher runs (0 in poll and off modes, or while it is down).",
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.watcher_restarts = Counter(
+            "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
+        )
+        self.changes = Counter(
+            "sessions_changes", "Changes applied to the store, by kind.", ["change"], registry=registry
+        )
+        self.reload_lag = Histogram(
+            "sessions_reload_lag_seconds",
+            "From a file's modification to its new version being served.",
+            buckets=_RELOAD_BUCKETS,
+            registry=registry,
+        )
+        self.rescans = Counter("sessions_rescans", "Full rescans of the folder.", registry=registry)
+        self.rescan_seconds = Counter("sessions_rescan_duration_seconds", "Time spent in rescans.", registry=registry)
+        self.transient_errors = Counter(
+            "sessions_transient_read_errors",
+            "Reads that failed for lack of resources and were retried.",
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "sessions_event_loop_lag_seconds",
+            "How late the event loop ran a timer: time requests wait behind other work.",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self._seen: dict[str, float] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    # --- observations ------------------------------------------------------------------------------
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (route, method, str(status))
+            children = self._request_children[key] = (
+                self.requests.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_change(self, change: Change, job_id: str) -> None:
+        self.changes.labels(change.value).inc()
+
+    def _advance(self, counter: Counter, name: str, value: float) -> None:
+        delta = value - self._seen.get(name, 0.0)
+        if delta > 0:
+            counter.inc(delta)
+        self._seen[name] = value
+
+    def refresh(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader) -> None:
+        """Bring the store's figures up to date (on the event loop: no concurrent refresh)."""
+        stats = store.stats()
+        self.cache_entries.set(stats["cache_entries"])
+        self.cache_bytes.set(stats["cache_bytes"])
+        self.sessions.set(stats["sessions"])
+        self.invalid_files.set(stats["invalid_files"])
+        self.revision.set(stats["revision"])
+        self._advance(self.cache_hits, "hits", stats["cache_hits"])
+        self._advance(self.cache_misses, "misses", stats["cache_misses"])
+        self._advance(self.cache_evictions, "evictions", stats["cache_evictions"])
+        self._advance(self.cache_loads, "loads", loader.loads)
+        self._advance(self.rescans, "rescans", reconciler.stats.rescans)
+        self._advance(self.rescan_seconds, "rescan_seconds", reconciler.stats.rescan_seconds)
+        self._advance(self.transient_errors, "transient", reconciler.stats.transient_errors)
+        self.ready.set(1 if reconciler.ready.is_set() else 0)
+        if reconciler.stats.warmup_seconds is not None:
+            self.warmup.set(reconciler.stats.warmup_seconds)
+        watcher = reconciler.watcher
+        self.watcher_up.set(1 if watcher is not None and watcher.healthy.is_set() else 0)
+        if watcher is not None:
+            self._advance(self.watcher_events, "events", watcher.events)
+            self._advance(self.watcher_restarts, "restarts", watcher.restarts)
+
+    async def monitor(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader) -> None:
+        """Measure event-loop lag and refresh store figures, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + MONITOR_INTERVAL_S
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            self.loop_lag.observe(max(0.0, loop.time() - expected))
+            self.refresh(store, reconciler, loader)
+
+    # --- exposition ----------------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    """GET /metrics"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["state"]
+        metrics: Metrics = state["metrics"]
+        metrics.refresh(state["store"], state["reconciler"], state["loader"])
+        body = metrics.exposition()
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -1,0 +1,127 @@
+"""Plain ASGI middleware (never BaseHTTPMiddleware): request observation and bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+from app.problems import problem
+
+access_logger = logging.getLogger("app.access")
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_STATIC_ROUTES = frozenset(
+    {"/livez", "/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v2/jobs", "/api/v2/jobs/"}
+)
+_JOB_PREFIX = "/api/v2/jobs/"
+
+
+def route_template(path: str) -> str:
+    """The route a path belongs to, for metric labels and logs: never the raw path, whose values
+    are unbounded."""
+    if path in _STATIC_ROUTES:
+        return "/api/v2/jobs" if path == "/api/v2/jobs/" else path
+    if path.startswith(_JOB_PREFIX):
+        return "/api/v2/jobs/{job_id}"
+    return "unmatched"
+
+
+class RequestObserver:
+    """Gives every request an id (the caller's X-Request-ID when it sends a sane one), echoes
+    it, counts and times the request by route template and status, and writes the access log."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _REQUEST_ID.fullmatch(value):
+                    request_id = value
+                break
+        if request_id is None:
+            request_id = secrets.token_hex(8).encode()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_template(scope["path"])
+            method = scope["method"]
+            self.metrics.observe_request(route, method, status, seconds)
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "%s %s %d",
+                    method,
+                    route,
+                    status,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"][:256],
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "request_id": request_id.decode(),
+                        "client": scope["client"][0] if scope.get("client") else None,
+                    },
+                )
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` under /api/; probes, metrics and the OpenAPI
+    document stay open for the platform."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            credentials = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    credentials = value
+                    break
+            if credentials is None:
+                response = problem(
+                    401,
+                    "Unauthorized",
+                    "send Authorization: Bearer <token>",
+                    "/problems/unauthorized",
+                    {"WWW-Authenticate": 'Bearer realm="sessions"'},
+                )
+                await response(scope, receive, send)
+                return
+            scheme, _, token = credentials.partition(b" ")
+            # compare_digest: the time taken must not tell how much of a guess was right.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
+                response = problem(
+                    401,
+                    "Unauthorized",
+                    "the bearer token is not valid",
+                    "/problems/unauthorized",
+                    {"WWW-Authenticate": 'Bearer realm="sessions", error="invalid_token"'},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

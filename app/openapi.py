@@ -1,0 +1,217 @@
+"""The OpenAPI 3 document, assembled from the application's routes.
+
+Each route's operation is declared here beside the constants the code validates with, and the
+document is built by walking `app.routes`: a route without a declared operation fails the build
+(and the tests), so the document cannot silently miss one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from app import __version__
+from app.listing import DEFAULT_LIMIT, MAX_LIMIT
+from app.sessionfile import JOB_ID_PATTERN
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+
+
+def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_UNAUTHORIZED = _problem("A bearer token is required (when SESSIONS_API_TOKEN is set) and was missing or wrong.")
+_BOOLEAN = {"type": "string", "enum": ["true", "false", "1", "0"]}
+
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "/api/v2/jobs/{job_id}": {
+        "operationId": "getJob",
+        "summary": "One job session document, as its file holds it.",
+        "security": [{}, {"bearer": []}],
+        "parameters": [
+            {
+                "name": "job_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": f"^{JOB_ID_PATTERN}$"},
+            },
+            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": _json(
+                "The document; `X-Session-Stale: true` when its file is invalid and this is its last valid version.",
+                {"type": "object", "additionalProperties": True},
+                {
+                    "ETag": {"schema": {"type": "string"}},
+                    "X-Session-Stale": {"schema": {"type": "string", "enum": ["true"]}},
+                },
+            ),
+            "304": {"description": "Not modified: If-None-Match matches the current ETag."},
+            "400": _problem("Not a job id."),
+            "401": _UNAUTHORIZED,
+            "404": _problem("No such session, or its file has never been valid (the detail says why)."),
+            "503": _problem("The session exists but cannot be read right now; retry."),
+        },
+    },
+    "/api/v2/jobs": {
+        "operationId": "listJobs",
+        "summary": "Summaries of job sessions, newest `updated_at` first, in keyset pages.",
+        "security": [{}, {"bearer": []}],
+        "parameters": [
+            {
+                "name": "status",
+                "in": "query",
+                "required": False,
+                "description": "Comma-separated statuses to keep.",
+                "schema": {"type": "string"},
+            },
+            {"name": "user_id", "in": "query", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "include_saved",
+                "in": "query",
+                "required": False,
+                "description": "false: only sessions not completed, failed or cancelled.",
+                "schema": {**_BOOLEAN, "default": "true"},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "description": "Opaque: from the previous page's Link.",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": _json(
+                "A page of summaries.",
+                {"type": "array", "items": {"$ref": "#/components/schemas/Summary"}},
+                {
+                    "X-Total-Count": {"schema": {"type": "integer"}},
+                    "Link": {"schema": {"type": "string"}, "description": 'The next page: <...>; rel="next".'},
+                },
+            ),
+            "400": _problem("A bad limit, cursor or boolean."),
+            "401": _UNAUTHORIZED,
+        },
+    },
+    "/livez": {
+        "operationId": "livez",
+        "summary": "Liveness: 200 while the process serves.",
+        "responses": {"200": _json("Alive.", {"type": "object"})},
+    },
+    "/healthz": {
+        "operationId": "healthz",
+        "summary": "Liveness (alias of /livez).",
+        "responses": {"200": _json("Alive.", {"type": "object"})},
+    },
+    "/readyz": {
+        "operationId": "readyz",
+        "summary": "Readiness: 200 once warm, 503 while warming or draining.",
+        "responses": {
+            "200": _json("Ready.", {"$ref": "#/components/schemas/Readiness"}),
+            "503": _json("Warming up or draining.", {"$ref": "#/components/schemas/Readiness"}),
+        },
+    },
+    "/metrics": {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics, text format.",
+        "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    },
+    "/openapi.json": {
+        "operationId": "openapi",
+        "summary": "This document.",
+        "responses": {"200": _json("OpenAPI 3 document.", {"type": "object"})},
+    },
+}
+
+_NULLABLE_ANY: dict[str, Any] = {}
+COMPONENTS: dict[str, Any] = {
+    "schemas": {
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+            },
+        },
+        "Summary": {
+            "type": "object",
+            "required": ["job_id", "status", "user_id", "created_at", "updated_at"],
+            "description": "Values exactly as the document wrote them; null where it has none.",
+            "properties": {
+                "job_id": {"type": "string"},
+                "status": _NULLABLE_ANY,
+                "user_id": _NULLABLE_ANY,
+                "created_at": _NULLABLE_ANY,
+                "updated_at": _NULLABLE_ANY,
+            },
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "warming", "draining"]},
+                "sessions": {"type": "integer"},
+                "revision": {"type": "integer"},
+            },
+        },
+    },
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+}
+
+
+def openapi_path(route_path: str) -> str:
+    return route_path.replace("{job_id:path}", "{job_id}")
+
+
+def build_openapi(routes: list[BaseRoute]) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        path = openapi_path(route.path)
+        key = path.rstrip("/") if path != "/" else path
+        operation = OPERATIONS[key]  # KeyError: a route without a documented operation
+        if key in paths:
+            continue  # /api/v2/jobs/ is /api/v2/jobs
+        paths[key] = {"get": operation}  # every GET also answers HEAD
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Job-session service", "version": __version__},
+        "paths": paths,
+        "components": COMPONENTS,
+    }
+
+
+class OpenAPIEndpoint:
+    """GET /openapi.json"""
+
+    def __init__(self) -> None:
+        self._body: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._body is None:
+            self._body = orjson.dumps(build_openapi(scope["app"].routes))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self._body})

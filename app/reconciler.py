@@ -1,0 +1,262 @@
+"""The reconciler: one worker thread that keeps the store equal to the folder.
+
+It warms the store at start-up, then applies what the watcher reports and, periodically, a
+rescan that compares the folder with the store (the safety net for whatever events miss). Being
+the store's only writer, it never races itself: a slow read cannot overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app import sessionfile
+from app.errors import InvalidSessionFile, TransientReadError
+from app.pending import PendingChanges
+from app.sessionfile import RACY_WINDOW_NS, job_id_for, signature
+from app.settings import Settings
+from app.store import Change, SessionStore
+from app.watcher import NativeWatcher
+
+logger = logging.getLogger("app.reconciler")
+
+RETRY_DELAY_S = 0.5  # after a transient read error (out of file descriptors, memory)
+WATCHER_START_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ReconcilerStats:
+    warmup_seconds: float | None = None
+    rescans: int = 0
+    rescan_seconds: float = 0.0
+    changes: dict[str, int] = field(default_factory=dict)
+    transient_errors: int = 0
+
+
+class Reconciler:
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.root: Path = settings.sessions_dir
+        self.pending = PendingChanges()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.stats = ReconcilerStats()
+        self.watcher: NativeWatcher | None = None
+        if settings.watch == "auto":
+            self.watcher = NativeWatcher(self.root, self.pending, self.stop_event)
+        self._retry: set[str] = set()
+        self._folder_missing = False
+        self._thread = threading.Thread(target=self._run, name="sessions-reconciler", daemon=True)
+        # Hooks for metrics: every applied change, and the lag from a file's modification to
+        # the moment its new version is served.
+        self.on_change: Callable[[Change, str], None] = lambda change, job_id: None
+        self.on_reload_lag: Callable[[float], None] = lambda seconds: None
+        store.on_suspect = lambda job_id: self.pending.add((job_id,))
+
+    def start(self) -> None:
+        if self.watcher is not None:
+            self.watcher.start()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self.pending.wake()
+        deadline = time.monotonic() + timeout
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self.watcher is not None:
+            self.watcher.join(max(0.0, deadline - time.monotonic()))
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.watcher is not None:
+            self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
+        self._warm_up()
+        self.ready.set()
+        next_rescan = time.monotonic() + self._rescan_interval()
+        while not self.stop_event.is_set():
+            interval = self._rescan_interval()
+            timeout = None if interval == 0 else max(0.0, next_rescan - time.monotonic())
+            if self._retry:
+                timeout = RETRY_DELAY_S if timeout is None else min(timeout, RETRY_DELAY_S)
+            job_ids, rescan = self.pending.take(timeout)
+            if self.stop_event.is_set():
+                return
+            try:
+                if self._retry:
+                    job_ids |= self._retry
+                    self._retry = set()
+                for job_id in job_ids:
+                    self._reconcile(job_id, force=True)
+                if rescan or (interval and time.monotonic() >= next_rescan):
+                    self._rescan()
+                    next_rescan = time.monotonic() + self._rescan_interval()
+            except Exception:  # never let one bad surprise stop the store from updating
+                logger.exception("reconciler error; rescanning")
+                self.pending.request_rescan()
+                self.stop_event.wait(1.0)
+
+    def _rescan_interval(self) -> float:
+        if self.settings.watch == "poll":
+            return self.settings.poll_interval_s
+        if self.watcher is not None and not self.watcher.healthy.is_set():
+            return self.settings.poll_interval_s  # the native watch is down: poll meanwhile
+        return self.settings.rescan_interval_s
+
+    # --- warm-up -----------------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        started = time.monotonic()
+        try:
+            listing = self._scan()
+        except OSError as exc:
+            logger.error("cannot list the sessions folder", extra={"folder": str(self.root), "error": str(exc)})
+            listing = {}
+            self.pending.request_rescan()
+        # Newest files first, so that the cache fills with what clients most likely want.
+        order = sorted(listing.items(), key=lambda item: item[1][1], reverse=True)
+        for count, (job_id, _) in enumerate(order):
+            if count % 512 == 0 and self.stop_event.is_set():
+                return
+            self._load(job_id, warming=True)
+        self.stats.warmup_seconds = time.monotonic() - started
+        logger.info(
+            "warm-up done",
+            extra={
+                "sessions": self.store.session_count(),
+                "files": len(order),
+                "seconds": round(self.stats.warmup_seconds, 3),
+            },
+        )
+
+    # --- rescans -------------------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        """Every session file in the folder: job id -> (signature, mtime in ns)."""
+        found: dict[str, tuple[int, int]] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                job_id = job_id_for(entry.name)
+                if job_id is None:
+                    continue
+                try:
+                    st = entry.stat()  # follows links: a link's target is the file
+                except FileNotFoundError:
+                    if not entry.is_symlink():
+                        continue  # deleted since listed
+                    st = entry.stat(follow_symlinks=False)  # a dangling link: invalid
+                except OSError:
+                    st = entry.stat(follow_symlinks=False)  # a link loop: invalid
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a sub-folder, whatever its name
+                found[job_id] = (signature(st), st.st_mtime_ns)
+        return found
+
+    def _rescan(self) -> None:
+        started = time.monotonic()
+        try:
+            listing = self._scan()
+        except OSError as exc:
+            if not self._folder_missing:
+                logger.error(
+                    "cannot list the sessions folder; serving what is in memory",
+                    extra={"folder": str(self.root), "error": str(exc)},
+                )
+            self._folder_missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            return
+        if self._folder_missing:
+            logger.warning("sessions folder is back", extra={"folder": str(self.root)})
+            self._folder_missing = False
+        store = self.store
+        for job_id, (sig, _) in listing.items():
+            state = store.state(job_id)
+            if state is None or state.signature != sig or state.racy:
+                self._reconcile(job_id, force=True)
+        for job_id in store.job_ids() - listing.keys():
+            self._reconcile(job_id, force=True)
+        self.stats.rescans += 1
+        self.stats.rescan_seconds += time.monotonic() - started
+
+    # --- one file ------------------------------------------------------------------------------------
+
+    def _reconcile(self, job_id: str, *, force: bool) -> None:
+        """Make the store agree with the file `<job_id>.json` as it is now."""
+        path = os.path.join(self.root, job_id + sessionfile.SUFFIX)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            try:
+                link = os.lstat(path)
+            except FileNotFoundError:
+                self._applied(self.store.apply_deleted(job_id), job_id)
+                return
+            self._invalid(job_id, link, "a link to a file that does not exist")
+            return
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._invalid(job_id, os.lstat(path), "unreadable: a symbolic link loop")
+            elif exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                self._transient(job_id, str(exc))
+            else:
+                self._invalid(job_id, None, f"unreadable: {exc.strerror or exc}")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._applied(self.store.apply_deleted(job_id), job_id)  # sub-folders are not sessions
+            return
+        state = self.store.state(job_id)
+        if not force and state is not None and state.signature == signature(st) and not state.racy:
+            return
+        self._load(job_id, st=st)
+
+    def _load(self, job_id: str, *, st: os.stat_result | None = None, warming: bool = False) -> None:
+        try:
+            loaded = sessionfile.read(self.root, job_id, self.settings.max_file_bytes)
+        except FileNotFoundError:
+            self._applied(self.store.apply_deleted(job_id), job_id)
+        except InvalidSessionFile as exc:
+            if st is None:
+                try:
+                    st = os.lstat(os.path.join(self.root, job_id + sessionfile.SUFFIX))
+                except OSError:
+                    st = None
+            self._invalid(job_id, st, exc.reason)
+        except TransientReadError as exc:
+            self._transient(job_id, str(exc))
+        else:
+            change = self.store.apply_loaded(loaded, warming=warming)
+            if change is not Change.NONE and not warming:
+                lag = time.time() - loaded.mtime_ns / 1e9
+                if 0 <= lag < 60:  # a copied file may keep an old modification time
+                    self.on_reload_lag(lag)
+            self._applied(change, job_id)
+
+    def _invalid(self, job_id: str, st: os.stat_result | None, reason: str) -> None:
+        sig = signature(st) if st is not None else 0
+        racy = st is not None and time.time_ns() - st.st_mtime_ns < RACY_WINDOW_NS
+        change = self.store.apply_invalid(job_id, sig, racy, reason)
+        if change is not Change.NONE:
+            logger.warning(
+                "invalid session file",
+                extra={"job_id": job_id, "reason": reason, "served": change is Change.STALE},
+            )
+        self._applied(change, job_id)
+
+    def _transient(self, job_id: str, error: str) -> None:
+        self.stats.transient_errors += 1
+        if not self._retry:
+            logger.warning("cannot read a session file now; will retry", extra={"job_id": job_id, "error": error})
+        self._retry.add(job_id)
+
+    def _applied(self, change: Change, job_id: str) -> None:
+        if change is Change.NONE:
+            return
+        self.stats.changes[change.value] = self.stats.changes.get(change.value, 0) + 1
+        self.on_change(change, job_id)

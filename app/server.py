@@ -1,0 +1,104 @@
+"""Running the app under uvicorn: the settings production needs, and the shutdown sequence.
+
+On SIGTERM (or SIGINT): readiness turns 503 at once while requests are still served for
+SESSIONS_SHUTDOWN_DELAY_S (so the load balancer stops routing here first), then uvicorn stops
+accepting, lets requests in flight finish (at most SESSIONS_GRACEFUL_TIMEOUT_S), runs the
+lifespan shutdown (watcher and threads stopped and joined) and the process exits with status 0.
+A second signal skips the delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import multiprocess
+
+from app.application import DRAINING, create_app
+from app.settings import Settings, load_settings
+
+logger = logging.getLogger("app.server")
+
+APP_FACTORY = "app.application:create_app"
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float, draining: threading.Event) -> None:
+        super().__init__(config)
+        self._shutdown_delay_s = shutdown_delay_s
+        self._draining = draining
+        self._drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Unlike uvicorn's own handler, the signal is not recorded for re-raising after the
+        # shutdown: a graceful stop on SIGTERM is a success and exits with status 0.
+        if self._drain_deadline is not None or self._shutdown_delay_s == 0:
+            self._draining.set()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+            return
+        self._draining.set()
+        self._drain_deadline = time.monotonic() + self._shutdown_delay_s
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def _config(settings: Settings, app: Any, host: str, port: int, workers: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,  # app.logs configured logging already
+        access_log=False,  # app.access writes one structured line per request
+        server_header=False,
+        proxy_headers=False,
+        # Longer than the load balancer's idle timeout, or it reuses a closed connection: 502.
+        # An idle client holding a connection open and silent is closed after it too.
+        timeout_keep_alive=int(settings.keepalive_s),
+        # Without it uvicorn waits forever for requests in flight at shutdown.
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
+class _DrainingProcess(multiprocess.Process):
+    """A uvicorn worker process whose server drains like the single-process one."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            delay = load_settings(os.environ).shutdown_delay_s
+            self._server = DrainingServer(self.config, delay, DRAINING)
+        return self._server
+
+
+def run(settings: Settings, host: str, port: int, workers: int) -> None:
+    if workers == 1:
+        config = _config(settings, create_app(settings, DRAINING), host, port, workers)
+        DrainingServer(config, settings.shutdown_delay_s, DRAINING).run()
+        return
+    # One process per worker, each with its own cache and watcher (the factory reads the same
+    # environment); metrics add up across them through prometheus-client's multiprocess files.
+    with tempfile.TemporaryDirectory(prefix="sessions-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        config = _config(settings, APP_FACTORY, host, port, workers)
+        sock = config.bind_socket()
+        # uvicorn's supervisor builds its workers from this module global; there is no hook.
+        multiprocess.Process = _DrainingProcess  # type: ignore[misc]
+        multiprocess.Multiprocess(config, sockets=[sock]).run()

@@ -1,0 +1,214 @@
+"""One session file: its name, and reading it into a ready-to-serve document and a summary.
+
+Everything a request needs is computed here, once per file version (WhiteNoise's habit): the
+body bytes, the strong ETag, the response headers, and the summary bytes a list page joins.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import orjson
+
+from app.errors import InvalidSessionFile, TransientReadError
+from app.timestamps import instant_ns
+
+JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+SUFFIX = ".json"
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# Errors that describe this process or the system, not the file: retry instead of invalidating.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
+# A file modified this close to when we read it may change again within the same timestamp tick
+# (coarse clocks, network file systems): the rescan re-reads such "racy" files (as git does).
+RACY_WINDOW_NS = 2_000_000_000
+_BOM = b"\xef\xbb\xbf"
+
+
+def is_job_id(value: str) -> bool:
+    return _JOB_ID.fullmatch(value) is not None
+
+
+def job_id_for(name: str) -> str | None:
+    """The job id a directory entry names, or None for anything that is not a session file
+    (hidden files, temporary files, editor backups...)."""
+    if not name.endswith(SUFFIX):
+        return None
+    stem = name[: -len(SUFFIX)]
+    return stem if _JOB_ID.fullmatch(stem) else None
+
+
+def signature(st: os.stat_result) -> int:
+    """A compact identity of one version of a file: changes when it is replaced or rewritten."""
+    return hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A complete, valid version of a session, ready to send."""
+
+    job_id: str
+    body: bytes
+    etag: bytes
+    headers: list[tuple[bytes, bytes]]
+    stale_headers: list[tuple[bytes, bytes]]
+    not_modified_headers: list[tuple[bytes, bytes]]
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+class Summary:
+    """What lists and filters need of a session, kept for every valid session, cached or not."""
+
+    __slots__ = ("key", "status", "user_id", "json", "etag")
+
+    def __init__(self, key: tuple[int, str], status: str | None, user_id: str | None, json: bytes, etag: bytes) -> None:
+        self.key = key  # (-updated instant in ns, job id): ascending order is newest first
+        self.status = status  # the status when it is a string, else None; for filtering
+        self.user_id = user_id  # likewise
+        self.json = json  # the list item, encoded once
+        self.etag = etag
+
+    @property
+    def job_id(self) -> str:
+        return self.key[1]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    document: Document
+    summary: Summary
+    signature: int
+    racy: bool
+    mtime_ns: int
+
+
+def _interned(value: object) -> str | None:
+    # Statuses and user ids repeat across thousands of sessions: share one string object.
+    return sys.intern(value) if isinstance(value, str) else None
+
+
+def build(job_id: str, data: bytes, mtime_ns: int) -> tuple[Document, Summary]:
+    """Validate a file's bytes and prepare everything serving it needs."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    if not data.strip():
+        raise InvalidSessionFile("empty file (being written?)")
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as decode_error:
+            raise InvalidSessionFile(f"not UTF-8: {decode_error.reason} at byte {decode_error.start}") from exc
+        raise InvalidSessionFile(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidSessionFile(f"not a JSON object (a {type(parsed).__name__})")
+    declared = parsed.get("job_id", job_id)
+    if declared != job_id:
+        raise InvalidSessionFile(f"job_id {declared!r} does not match the file name {job_id!r}")
+
+    etag = b'"' + hashlib.blake2b(data, digest_size=16).hexdigest().encode() + b'"'
+    common = [(b"etag", etag), (b"cache-control", b"no-cache")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        *common,
+    ]
+    document = Document(
+        job_id=job_id,
+        body=data,
+        etag=etag,
+        headers=headers,
+        stale_headers=[*headers, (b"x-session-stale", b"true")],
+        not_modified_headers=common,
+    )
+    updated = instant_ns(parsed.get("updated_at"))
+    summary_json = orjson.dumps(
+        {
+            "job_id": job_id,
+            "status": parsed.get("status"),
+            "user_id": parsed.get("user_id"),
+            "created_at": parsed.get("created_at"),
+            "updated_at": parsed.get("updated_at"),
+        }
+    )
+    summary = Summary(
+        key=(-(updated if updated is not None else mtime_ns), job_id),
+        status=_interned(parsed.get("status")),
+        user_id=_interned(parsed.get("user_id")),
+        json=summary_json,
+        etag=etag,
+    )
+    return document, summary
+
+
+def _open(root: Path, name: str) -> int:
+    path = os.path.join(root, name)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    # The name is a symbolic link: follow it only if it stays inside the folder.
+    target = os.path.realpath(path)
+    if os.path.commonpath([target, str(root)]) != str(root):
+        raise InvalidSessionFile("a link that leads outside the sessions folder")
+    try:
+        return os.open(target, flags)
+    except FileNotFoundError as exc:
+        raise InvalidSessionFile("a link to a file that does not exist") from exc
+
+
+def read(root: Path, job_id: str, max_bytes: int) -> LoadedFile:
+    """Read and validate `<root>/<job_id>.json`.
+
+    Raises FileNotFoundError when it does not exist, InvalidSessionFile when it must not be
+    served, TransientReadError when the system (not the file) failed us.
+    """
+    read_at = time.time_ns()
+    try:
+        fd = _open(root, job_id + SUFFIX)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        _raise_for(exc)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidSessionFile("not a regular file")
+        if st.st_size > max_bytes:
+            raise InvalidSessionFile(f"larger than SESSIONS_MAX_FILE_BYTES ({st.st_size} > {max_bytes} bytes)")
+        with open(fd, "rb", closefd=False) as stream:
+            data = stream.read(max_bytes + 1)
+    except OSError as exc:
+        _raise_for(exc)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise InvalidSessionFile(f"larger than SESSIONS_MAX_FILE_BYTES ({max_bytes} bytes)")
+    document, summary = build(job_id, data, st.st_mtime_ns)
+    return LoadedFile(document, summary, signature(st), read_at - st.st_mtime_ns < RACY_WINDOW_NS, st.st_mtime_ns)
+
+
+def _raise_for(exc: OSError) -> NoReturn:
+    if exc.errno in _TRANSIENT_ERRNOS:
+        raise TransientReadError(f"{exc.strerror} (errno {exc.errno})") from exc
+    if isinstance(exc, FileNotFoundError):
+        raise exc
+    if exc.errno == errno.ELOOP:
+        raise InvalidSessionFile("unreadable: a symbolic link loop") from exc
+    raise InvalidSessionFile(f"unreadable: {exc.strerror or exc}") from exc
