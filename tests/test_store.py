@@ -1,0 +1,285 @@
+"""Unit tests of the store, its index and its cache, over real files in a temporary folder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app import sessionfile
+from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailable
+from app.index import SessionIndex
+from app.sessionfile import FINISHED_STATUSES, Summary
+from app.store import Change, SessionStore
+from tests.support import encode, session_doc, write_in_place
+
+STATUSES = [
+    "pending",
+    "running",
+    "pending_hitl",
+    "pending_user_input",
+    "pending_review",
+    "completed",
+    "failed",
+    "cancelled",
+]
+
+
+def make_store(root: Path, entries: int = 1000, size: int = 10_000_000) -> SessionStore:
+    return SessionStore(root, cache_max_entries=entries, cache_max_bytes=size, max_file_bytes=1_000_000)
+
+
+def load(store: SessionStore, root: Path, job_id: str, warming: bool = False) -> Change:
+    return store.apply_loaded(sessionfile.read(root, job_id, store.max_file_bytes), warming=warming)
+
+
+def write(root: Path, job_id: str, **fields: object) -> bytes:
+    data = encode(session_doc(job_id, **fields))  # type: ignore[arg-type]
+    write_in_place(root / f"{job_id}.json", data)
+    return data
+
+
+def summary(job_id: str, instant: int, status: str | None = "running", user: str | None = "u") -> Summary:
+    return Summary((-instant, job_id), status, user, orjson.dumps({"job_id": job_id}), b'"e"')
+
+
+# --- the index -----------------------------------------------------------------------------------
+
+
+def test_index_orders_newest_first_then_by_job_id() -> None:
+    index = SessionIndex()
+    for job_id, instant in [("b", 5), ("a", 5), ("c", 9), ("d", 1)]:
+        index.put(summary(job_id, instant))
+    page, total, more = index.page(statuses=None, user_id=None, include_saved=True, after=None, limit=10)
+    assert [s.job_id for s in page] == ["c", "a", "b", "d"]
+    assert (total, more) == (4, False)
+
+
+def test_index_replaces_and_discards() -> None:
+    index = SessionIndex()
+    index.put(summary("a", 1))
+    index.put(summary("a", 3, status="failed", user="v"))
+    assert len(index) == 1
+    page, total, _ = index.page(statuses=["running"], user_id=None, include_saved=True, after=None, limit=10)
+    assert (page, total) == ([], 0)
+    page, total, _ = index.page(statuses=["failed"], user_id="v", include_saved=True, after=None, limit=10)
+    assert [s.job_id for s in page] == ["a"]
+    index.discard("a")
+    index.discard("a")
+    assert len(index) == 0
+    assert index.page(statuses=None, user_id="v", include_saved=True, after=None, limit=10) == ([], 0, False)
+
+
+def test_index_filters_and_pages_match_a_brute_force_reference() -> None:
+    rng = random.Random(7)
+    index = SessionIndex()
+    reference: dict[str, Summary] = {}
+    for n in range(3000):
+        job_id = f"job-{rng.randrange(1500)}"
+        if rng.random() < 0.15:
+            index.discard(job_id)
+            reference.pop(job_id, None)
+            continue
+        status = rng.choice([*STATUSES, None])
+        user = rng.choice(["ann", "bob", "cy", None])
+        item = summary(job_id, rng.randrange(200), status, user)  # many equal instants: ties by id
+        index.put(item)
+        reference[job_id] = item
+    cases = [
+        (None, None, True),
+        (None, None, False),
+        (["running", "failed"], None, True),
+        (["running", "failed"], None, False),
+        (None, "bob", True),
+        (None, "bob", False),
+        (["pending_hitl"], "cy", True),
+        (["nope"], None, True),
+    ]
+    for statuses, user, include_saved in cases:
+        expected = sorted(
+            (
+                s
+                for s in reference.values()
+                if (statuses is None or s.status in statuses)
+                and (user is None or s.user_id == user)
+                and (include_saved or s.status not in FINISHED_STATUSES)
+            ),
+            key=lambda s: s.key,
+        )
+        seen: list[str] = []
+        after = None
+        for _ in range(1000):
+            page, total, more = index.page(
+                statuses=statuses, user_id=user, include_saved=include_saved, after=after, limit=37
+            )
+            assert total == len(expected)
+            seen.extend(s.job_id for s in page)
+            if not more:
+                break
+            after = page[-1].key
+        assert seen == [s.job_id for s in expected], (statuses, user, include_saved)
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+def test_lifecycle_of_a_session(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    first = write(tmp_path, "j", status="running")
+    assert load(store, tmp_path, "j") is Change.ADDED
+    document, stale = store.lookup("j")
+    assert document is not None and document.body == first and not stale
+    revision = store.revision
+
+    second = write(tmp_path, "j", status="completed")
+    assert load(store, tmp_path, "j") is Change.MODIFIED
+    assert store.revision > revision
+    document, _ = store.lookup("j")
+    assert document is not None and document.body == second
+
+    assert store.apply_deleted("j") is Change.DELETED
+    with pytest.raises(SessionNotFound):
+        store.lookup("j")
+    assert store.apply_deleted("j") is Change.NONE
+    assert store.stats()["sessions"] == 0
+
+
+def test_rewriting_the_same_bytes_is_no_change(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    write(tmp_path, "j")
+    load(store, tmp_path, "j")
+    revision = store.revision
+    write(tmp_path, "j")
+    assert load(store, tmp_path, "j") is Change.NONE
+    assert store.revision == revision
+
+
+def test_invalid_after_valid_is_served_stale_until_valid_again(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    good = write(tmp_path, "j")
+    load(store, tmp_path, "j")
+    assert store.apply_invalid("j", 123, False, "not JSON") is Change.STALE
+    document, stale = store.lookup("j")
+    assert stale and document is not None and document.body == good
+    assert store.stats()["invalid_files"] == 1
+    assert store.stats()["sessions"] == 1  # still listed
+    # the same invalid version again is not a change (logged once per change)
+    assert store.apply_invalid("j", 123, False, "not JSON") is Change.NONE
+    newer = write(tmp_path, "j", status="failed")
+    assert load(store, tmp_path, "j") is Change.MODIFIED
+    document, stale = store.lookup("j")
+    assert not stale and document is not None and document.body == newer
+    assert store.stats()["invalid_files"] == 0
+
+
+def test_never_valid_file_is_a_404_with_its_reason(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    assert store.apply_invalid("j", 1, False, "not a JSON object (a list)") is Change.INVALID
+    with pytest.raises(SessionFileInvalid, match="not a JSON object"):
+        store.lookup("j")
+    assert store.stats()["sessions"] == 0
+    assert store.apply_deleted("j") is Change.DELETED
+    assert store.stats()["invalid_files"] == 0
+
+
+def test_stale_session_whose_last_version_was_evicted_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=1)
+    write(tmp_path, "a")
+    write(tmp_path, "b")
+    load(store, tmp_path, "a")
+    load(store, tmp_path, "b")  # evicts a
+    store.apply_invalid("a", 5, False, "not JSON")
+    with pytest.raises(TemporarilyUnavailable):
+        store.lookup("a")
+
+
+def test_cache_is_bounded_by_entries(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=3)
+    for n in range(10):
+        write(tmp_path, f"j{n}")
+        load(store, tmp_path, f"j{n}")
+    stats = store.stats()
+    assert stats["cache_entries"] == 3
+    assert stats["cache_evictions"] == 7
+    assert stats["sessions"] == 10
+    # the evicted ones are listed and miss the cache
+    assert store.lookup("j0") == (None, False)
+    assert store.stats()["cache_misses"] == 1
+
+
+def test_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
+    sizes = [len(write(tmp_path, f"j{n}", padding="x" * 100)) for n in range(10)]
+    store = make_store(tmp_path, entries=1000, size=sizes[0] * 4)
+    for n in range(10):
+        load(store, tmp_path, f"j{n}")
+    stats = store.stats()
+    assert stats["cache_bytes"] <= sizes[0] * 4
+    assert stats["cache_entries"] == 4
+
+
+def test_a_zero_cache_serves_every_read_from_disk(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=0)
+    data = write(tmp_path, "j")
+    load(store, tmp_path, "j")
+    assert store.lookup("j") == (None, False)
+    assert store.load_missing("j").body == data
+
+
+def test_warm_up_fills_without_evicting(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=2)
+    for n in range(5):
+        write(tmp_path, f"j{n}")
+        load(store, tmp_path, f"j{n}", warming=True)
+    stats = store.stats()
+    assert (stats["cache_entries"], stats["cache_evictions"]) == (2, 0)
+    assert store.lookup("j0")[0] is not None  # the first loaded (newest) stayed
+
+
+def test_load_missing_brings_an_evicted_session_back(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=1)
+    data = write(tmp_path, "a")
+    write(tmp_path, "b")
+    load(store, tmp_path, "a")
+    load(store, tmp_path, "b")
+    assert store.lookup("a") == (None, False)
+    assert store.load_missing("a").body == data
+    document, _ = store.lookup("a")
+    assert document is not None and document.body == data
+
+
+def test_load_missing_of_a_newer_version_serves_it_and_tells_the_reconciler(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=0)
+    suspects: list[str] = []
+    store.on_suspect = suspects.append
+    write(tmp_path, "a", status="running")
+    load(store, tmp_path, "a")
+    newer = write(tmp_path, "a", status="completed", note="x" * 50)
+    assert store.load_missing("a").body == newer
+    assert suspects == ["a"]
+
+
+def test_load_missing_of_a_half_written_file_is_unavailable(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=0)
+    write(tmp_path, "a")
+    load(store, tmp_path, "a")
+    (tmp_path / "a.json").write_bytes(b'{"job_id": "a", "sta')
+    with pytest.raises(TemporarilyUnavailable, match="being changed"):
+        store.load_missing("a")
+
+
+def test_revisions_increase_with_every_change(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    seen = [store.revision]
+    write(tmp_path, "a")
+    load(store, tmp_path, "a")
+    seen.append(store.revision)
+    store.apply_invalid("a", 9, False, "x")
+    seen.append(store.revision)
+    write(tmp_path, "a", status="done")
+    load(store, tmp_path, "a")
+    seen.append(store.revision)
+    store.apply_deleted("a")
+    seen.append(store.revision)
+    assert seen == sorted(set(seen))
