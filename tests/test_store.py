@@ -76,7 +76,7 @@ def test_index_filters_and_pages_match_a_brute_force_reference() -> None:
     rng = random.Random(7)
     index = SessionIndex()
     reference: dict[str, Summary] = {}
-    for n in range(3000):
+    for _ in range(3000):
         job_id = f"job-{rng.randrange(1500)}"
         if rng.random() < 0.15:
             index.discard(job_id)
