@@ -20,7 +20,6 @@ from app.store import SessionStore
 
 _METHODS = ("GET", "HEAD")
 _ALLOW = {"Allow": "GET, HEAD"}
-_STALE = (b"x-session-stale", b"true")
 
 
 class MissLoader:
@@ -75,7 +74,7 @@ class JobEndpoint:
                 if_none_match = value
                 break
         if if_none_match is not None and _etag_matches(if_none_match, document.etag):
-            headers = [*document.not_modified_headers, _STALE] if stale else document.not_modified_headers
+            headers = document.stale_not_modified_headers() if stale else document.not_modified_headers
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -83,7 +82,7 @@ class JobEndpoint:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": document.stale_headers if stale else document.headers,
+                "headers": document.stale_headers() if stale else document.headers,
             }
         )
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else document.body})

@@ -8,6 +8,7 @@ the store's only writer, it never races itself: a slow read cannot overwrite a n
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import stat
@@ -20,13 +21,14 @@ from pathlib import Path
 from app import sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
 from app.pending import PendingChanges
-from app.sessionfile import RACY_WINDOW_NS, job_id_for, signature
+from app.sessionfile import RACY_WINDOW_NS, LoadedFile, job_id_for, signature
 from app.settings import Settings
 from app.store import Change, SessionStore
 from app.watcher import NativeWatcher
 
 logger = logging.getLogger("app.reconciler")
 
+WARM_BATCH = 256  # files applied per lock acquisition during the warm-up
 RETRY_DELAY_S = 0.5  # after a transient read error (out of file descriptors, memory)
 WATCHER_START_TIMEOUT_S = 5.0
 
@@ -114,34 +116,62 @@ class Reconciler:
     # --- warm-up -----------------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
+        # Tens of thousands of new long-lived objects would trigger full collections that find
+        # no garbage; after the warm-up they are frozen out of later collections, which keeps
+        # the event loop's GC pauses short.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_everything()
+        finally:
+            if collecting:
+                gc.enable()
+            gc.freeze()
+
+    def _load_everything(self) -> None:
         started = time.monotonic()
         try:
-            listing = self._scan()
+            job_ids = self._list()
         except OSError as exc:
             logger.error("cannot list the sessions folder", extra={"folder": str(self.root), "error": str(exc)})
-            listing = {}
+            job_ids = []
             self.pending.request_rescan()
-        # Newest files first, so that the cache fills with what clients most likely want.
-        order = sorted(listing.items(), key=lambda item: item[1][1], reverse=True)
-        for count, (job_id, _) in enumerate(order):
-            if count % 512 == 0 and self.stop_event.is_set():
-                return
-            self._load(job_id, warming=True)
+        batch: list[LoadedFile] = []
+        for job_id in job_ids:
+            loaded = self._read(job_id)
+            if loaded is None:
+                continue
+            batch.append(loaded)
+            if len(batch) == WARM_BATCH:
+                self.store.warm(batch)
+                batch = []
+                if self.stop_event.is_set():
+                    return
+        self.store.warm(batch)
+        self.store.finish_warm_up()
         self.stats.warmup_seconds = time.monotonic() - started
         logger.info(
             "warm-up done",
             extra={
                 "sessions": self.store.session_count(),
-                "files": len(order),
+                "files": len(job_ids),
                 "seconds": round(self.stats.warmup_seconds, 3),
             },
         )
 
+    def _list(self) -> list[str]:
+        """The job ids of the folder's session files, in directory order, without a stat each:
+        reading the file gives its metadata anyway."""
+        with os.scandir(self.root) as entries:
+            return [
+                job_id for entry in entries if (job_id := job_id_for(entry.name)) is not None and not entry.is_dir()
+            ]
+
     # --- rescans -------------------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, tuple[int, int]]:
-        """Every session file in the folder: job id -> (signature, mtime in ns)."""
-        found: dict[str, tuple[int, int]] = {}
+    def _scan(self) -> dict[str, int]:
+        """Every session file in the folder: job id -> signature."""
+        found: dict[str, int] = {}
         with os.scandir(self.root) as entries:
             for entry in entries:
                 job_id = job_id_for(entry.name)
@@ -157,7 +187,7 @@ class Reconciler:
                     st = entry.stat(follow_symlinks=False)  # a link loop: invalid
                 if stat.S_ISDIR(st.st_mode):
                     continue  # a sub-folder, whatever its name
-                found[job_id] = (signature(st), st.st_mtime_ns)
+                found[job_id] = signature(st)
         return found
 
     def _rescan(self) -> None:
@@ -176,9 +206,8 @@ class Reconciler:
             logger.warning("sessions folder is back", extra={"folder": str(self.root)})
             self._folder_missing = False
         store = self.store
-        for job_id, (sig, _) in listing.items():
-            state = store.state(job_id)
-            if state is None or state.signature != sig or state.racy:
+        for job_id, sig in listing.items():
+            if store.signature(job_id) != sig or store.is_racy(job_id):
                 self._reconcile(job_id, force=True)
         for job_id in store.job_ids() - listing.keys():
             self._reconcile(job_id, force=True)
@@ -211,14 +240,22 @@ class Reconciler:
         if stat.S_ISDIR(st.st_mode):
             self._applied(self.store.apply_deleted(job_id), job_id)  # sub-folders are not sessions
             return
-        state = self.store.state(job_id)
-        if not force and state is not None and state.signature == signature(st) and not state.racy:
+        if not force and self.store.signature(job_id) == signature(st) and not self.store.is_racy(job_id):
             return
-        self._load(job_id, st=st)
+        loaded = self._read(job_id, st)
+        if loaded is None:
+            return
+        change = self.store.apply_loaded(loaded)
+        if change is not Change.NONE:
+            lag = time.time() - loaded.mtime_ns / 1e9
+            if 0 <= lag < 60:  # a copied file may keep an old modification time
+                self.on_reload_lag(lag)
+        self._applied(change, job_id)
 
-    def _load(self, job_id: str, *, st: os.stat_result | None = None, warming: bool = False) -> None:
+    def _read(self, job_id: str, st: os.stat_result | None = None) -> LoadedFile | None:
+        """Read one file; what is not a valid session is applied here and gives None."""
         try:
-            loaded = sessionfile.read(self.root, job_id, self.settings.max_file_bytes)
+            return sessionfile.read(self.root, job_id, self.settings.max_file_bytes)
         except FileNotFoundError:
             self._applied(self.store.apply_deleted(job_id), job_id)
         except InvalidSessionFile as exc:
@@ -230,13 +267,7 @@ class Reconciler:
             self._invalid(job_id, st, exc.reason)
         except TransientReadError as exc:
             self._transient(job_id, str(exc))
-        else:
-            change = self.store.apply_loaded(loaded, warming=warming)
-            if change is not Change.NONE and not warming:
-                lag = time.time() - loaded.mtime_ns / 1e9
-                if 0 <= lag < 60:  # a copied file may keep an old modification time
-                    self.on_reload_lag(lag)
-            self._applied(change, job_id)
+        return None
 
     def _invalid(self, job_id: str, st: os.stat_result | None, reason: str) -> None:
         sig = signature(st) if st is not None else 0

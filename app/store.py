@@ -1,7 +1,7 @@
-"""The session store: the index of every valid session, the LRU cache of documents, and the
-state of every session file seen, behind one lock.
+"""The session store: the index of every valid session, the LRU cache of documents, and what is
+known of every session file, behind one lock.
 
-Threads: the reconciler thread is the only writer of `_files` and the index; it takes the lock
+Threads: the reconciler thread is the only writer of entries and the index; it takes the lock
 for each change and may read its own state without it. Request handlers (the event loop) and
 cache-miss loaders (a thread pool) take the lock to read and to fill the cache. The lock is held
 only around dictionary and list operations, never while reading or parsing a file.
@@ -10,8 +10,9 @@ only around dictionary and list operations, never while reading or parsing a fil
 from __future__ import annotations
 
 import enum
+import heapq
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from app import sessionfile
@@ -24,7 +25,7 @@ from app.errors import (
     TransientReadError,
 )
 from app.index import Key, SessionIndex
-from app.sessionfile import Document, LoadedFile, Summary
+from app.sessionfile import Document, LoadedFile
 
 
 class Change(enum.Enum):
@@ -34,22 +35,35 @@ class Change(enum.Enum):
     ADDED = "added"
     MODIFIED = "modified"
     STALE = "stale"  # a served session's file turned invalid: still served, marked stale
-    INVALID = "invalid"  # a file that was never valid changed and is still invalid
+    INVALID = "invalid"  # a file that was never valid is (still) invalid
     DELETED = "deleted"
 
 
-class FileState:
-    """What the store knows of one `<job_id>.json` file."""
+class Entry:
+    """A valid session (or the last valid version of one whose file is invalid now): what the
+    index and lists need, kept for every session, cached or not. Kept small: one per file."""
 
-    __slots__ = ("signature", "racy", "summary", "reason", "pinned", "revision")
+    __slots__ = ("key", "status", "user_id", "json", "signature", "revision")
 
-    def __init__(self, signature: int, racy: bool, revision: int) -> None:
+    def __init__(self, loaded: LoadedFile, revision: int) -> None:
+        summary = loaded.summary
+        self.key = summary.key
+        self.status = summary.status
+        self.user_id = summary.user_id
+        self.json = summary.json
+        self.signature = loaded.signature
+        self.revision = revision  # the store revision of this session's last change
+
+
+class Invalid:
+    """A session file that is invalid now."""
+
+    __slots__ = ("signature", "reason", "pinned")
+
+    def __init__(self, signature: int, reason: str, pinned: Document | None) -> None:
         self.signature = signature
-        self.racy = racy  # modified close to when it was read: the rescan reads it again
-        self.summary: Summary | None = None  # the last valid version's summary
-        self.reason: str | None = None  # why the current file is invalid, if it is
-        self.pinned: Document | None = None  # the last valid document, kept while stale
-        self.revision = revision  # the store revision of the last change to this session
+        self.reason = reason
+        self.pinned = pinned  # the last valid document, kept outside the LRU while stale
 
 
 class SessionStore:
@@ -58,9 +72,11 @@ class SessionStore:
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._index = SessionIndex()
-        self._files: dict[str, FileState] = {}
+        self._entries: dict[str, Entry] = {}
+        self._invalid: dict[str, Invalid] = {}
+        self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
         self._cache = DocumentCache(cache_max_entries, cache_max_bytes)
-        self._invalid = 0
+        self._warming: list[tuple[int, str]] | None = []  # heap of cached (instant, id) while warming
         # Monotonic over every change applied: the base of a future change stream (SPEC §6).
         self.revision = 0
         # Called (from any thread) with a job id whose file looks different from what the store
@@ -72,19 +88,22 @@ class SessionStore:
     def lookup(self, job_id: str) -> tuple[Document | None, bool]:
         """The document to serve and whether it is stale; (None, False) on a cache miss."""
         with self._lock:
-            state = self._files.get(job_id)
-            if state is None:
-                raise SessionNotFound(f"no session {job_id!r}")
-            if state.summary is None:
-                raise SessionFileInvalid(f"the file for {job_id!r} is invalid: {state.reason}")
-            if state.reason is not None:
-                if state.pinned is None:
-                    raise TemporarilyUnavailable(
-                        f"the file for {job_id!r} is invalid ({state.reason}) and its last valid "
-                        "version is no longer in memory"
-                    )
-                return state.pinned, True
-            return self._cache.lookup(job_id), False
+            entry = self._entries.get(job_id)
+            invalid = self._invalid.get(job_id) if self._invalid else None
+            if entry is not None and invalid is None:
+                return self._cache.lookup(job_id), False
+        if invalid is not None:
+            if entry is None:
+                raise SessionFileInvalid(f"the file for {job_id!r} is invalid: {invalid.reason}")
+            if invalid.pinned is None:
+                raise TemporarilyUnavailable(
+                    f"the file for {job_id!r} is invalid ({invalid.reason}) and its last valid "
+                    "version is no longer in memory"
+                )
+            return invalid.pinned, True
+        if entry is None:
+            raise SessionNotFound(f"no session {job_id!r}")
+        return None, False
 
     def page(
         self,
@@ -98,12 +117,13 @@ class SessionStore:
         """A list page: (summary JSON items, total matching, key of the last item if more follow,
         store revision the page reflects)."""
         with self._lock:
-            summaries, total, more = self._index.page(
+            keys, total, more = self._index.page(
                 statuses=statuses, user_id=user_id, include_saved=include_saved, after=after, limit=limit
             )
+            entries = self._entries
+            items = [entries[key[1]].json for key in keys]
             revision = self.revision
-        next_key = summaries[-1].key if more and summaries else None
-        return [summary.json for summary in summaries], total, next_key, revision
+        return items, total, (keys[-1] if more and keys else None), revision
 
     def load_missing(self, job_id: str) -> Document:
         """Read an evicted session back into the cache. Blocking: call it off the event loop."""
@@ -119,8 +139,8 @@ class SessionStore:
         except TransientReadError as exc:
             raise TemporarilyUnavailable(f"cannot read the file for {job_id!r} now: {exc}") from exc
         with self._lock:
-            state = self._files.get(job_id)
-            if state is not None and state.reason is None and state.signature == loaded.signature:
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.signature == loaded.signature and job_id not in self._invalid:
                 self._cache.put(loaded.document)
                 return loaded.document
         # A newer version than the index knows: serve it, and let the reconciler apply it.
@@ -131,8 +151,8 @@ class SessionStore:
         with self._lock:
             cache = self._cache
             return {
-                "sessions": len(self._index),
-                "invalid_files": self._invalid,
+                "sessions": len(self._entries),
+                "invalid_files": len(self._invalid),
                 "cache_entries": len(cache),
                 "cache_bytes": int(cache.currsize),
                 "cache_hits": cache.hits,
@@ -142,74 +162,110 @@ class SessionStore:
             }
 
     def session_count(self) -> int:
-        return len(self._index)
+        return len(self._entries)
 
     # --- the reconciler thread's side ------------------------------------------------------------
 
-    def state(self, job_id: str) -> FileState | None:
-        return self._files.get(job_id)
+    def signature(self, job_id: str) -> int | None:
+        """The signature of the file version the store last applied, if any."""
+        invalid = self._invalid.get(job_id)
+        if invalid is not None:
+            return invalid.signature
+        entry = self._entries.get(job_id)
+        return entry.signature if entry is not None else None
+
+    def is_racy(self, job_id: str) -> bool:
+        return job_id in self._racy
 
     def job_ids(self) -> set[str]:
-        return set(self._files)
+        return self._entries.keys() | self._invalid.keys()
 
-    def apply_loaded(self, loaded: LoadedFile, *, warming: bool = False) -> Change:
+    def _mark_racy(self, job_id: str, racy: bool) -> None:
+        if racy:
+            self._racy.add(job_id)
+        else:
+            self._racy.discard(job_id)
+
+    def warm(self, batch: Iterable[LoadedFile]) -> None:
+        """Add freshly scanned sessions at start-up. The cache keeps the newest sessions that
+        fit; the index is built once at the end, by `finish_warm_up`."""
+        heap = self._warming
+        if heap is None:
+            raise RuntimeError("the warm-up is over")
+        cache = self._cache
+        with self._lock:
+            for loaded in batch:
+                job_id = loaded.document.job_id
+                self.revision += 1
+                self._entries[job_id] = Entry(loaded, self.revision)
+                self._invalid.pop(job_id, None)
+                if loaded.racy:
+                    self._racy.add(job_id)
+                document, newest = loaded.document, (-loaded.summary.key[0], job_id)
+                # Evict older sessions for a newer one; never a newer one for an older.
+                while not cache.fits(document) and heap and heap[0] < newest and cache.max_entries:
+                    cache.pop(heapq.heappop(heap)[1], None)
+                if cache.fits(document):
+                    cache.put(document)
+                    heapq.heappush(heap, newest)
+
+    def finish_warm_up(self) -> None:
+        entries = list(self._entries.values())
+        index = SessionIndex.build((entry.key, entry.status, entry.user_id) for entry in entries)
+        with self._lock:
+            self._index = index
+            self._warming = None
+
+    def apply_loaded(self, loaded: LoadedFile) -> Change:
         document, summary = loaded.document, loaded.summary
         job_id = document.job_id
-        state = self._files.get(job_id)
-        if (
-            state is not None
-            and state.reason is None
-            and state.summary is not None
-            and state.summary.etag == summary.etag
-            and state.summary.key == summary.key
-        ):
-            state.signature, state.racy = loaded.signature, loaded.racy  # touched, not changed
-            return Change.NONE
+        self._mark_racy(job_id, loaded.racy)
+        entry = self._entries.get(job_id)
+        invalid = self._invalid.get(job_id)
+        if entry is not None and invalid is None and entry.key == summary.key:
+            with self._lock:
+                cached = self._cache.peek(job_id)
+            if cached is not None and cached.etag == document.etag:
+                entry.signature = loaded.signature  # touched or rewritten with the same bytes
+                return Change.NONE
         with self._lock:
-            self._index.put(summary)
             self.revision += 1
-            if state is None:
-                state = self._files[job_id] = FileState(loaded.signature, loaded.racy, self.revision)
-                change = Change.ADDED
-            else:
-                change = Change.ADDED if state.summary is None else Change.MODIFIED
-                if state.reason is not None:
-                    self._invalid -= 1
-                state.signature, state.racy, state.revision = loaded.signature, loaded.racy, self.revision
-            state.summary, state.reason, state.pinned = summary, None, None
-            if not warming or self._cache.fits(document):
-                self._cache.put(document)
-        return change
+            if entry is not None:
+                self._index.remove(entry.key, entry.status, entry.user_id)
+            new = self._entries[job_id] = Entry(loaded, self.revision)
+            self._index.add(new.key, new.status, new.user_id)
+            self._invalid.pop(job_id, None)
+            self._cache.put(document)
+        return Change.MODIFIED if entry is not None else Change.ADDED
 
     def apply_invalid(self, job_id: str, signature: int, racy: bool, reason: str) -> Change:
-        state = self._files.get(job_id)
-        if state is not None and state.signature == signature and state.reason == reason:
-            state.racy = racy
+        self._mark_racy(job_id, racy)
+        invalid = self._invalid.get(job_id)
+        if invalid is not None and invalid.signature == signature and invalid.reason == reason:
             return Change.NONE
+        entry = self._entries.get(job_id)
         with self._lock:
             self.revision += 1
-            if state is None:
-                state = self._files[job_id] = FileState(signature, racy, self.revision)
-                self._invalid += 1
+            if invalid is not None:
+                invalid.signature, invalid.reason = signature, reason
             else:
-                if state.reason is None:
-                    self._invalid += 1
-                    if state.summary is not None:
-                        # Keep serving the last valid version, outside the LRU so it cannot be
-                        # evicted while the file stays invalid.
-                        state.pinned = self._cache.pop(job_id, None)
-                state.signature, state.racy, state.revision = signature, racy, self.revision
-            state.reason = reason
-        return Change.STALE if state.summary is not None else Change.INVALID
+                # Keep serving the last valid version, pinned outside the LRU so that it cannot
+                # be evicted while the file stays invalid.
+                pinned = self._cache.pop(job_id, None) if entry is not None else None
+                self._invalid[job_id] = Invalid(signature, reason, pinned)
+            if entry is not None:
+                entry.revision = self.revision
+        return Change.STALE if entry is not None else Change.INVALID
 
     def apply_deleted(self, job_id: str) -> Change:
-        if job_id not in self._files:
+        self._racy.discard(job_id)
+        if job_id not in self._entries and job_id not in self._invalid:
             return Change.NONE
         with self._lock:
-            state = self._files.pop(job_id)
-            self._index.discard(job_id)
-            self._cache.pop(job_id, None)
-            if state.reason is not None:
-                self._invalid -= 1
             self.revision += 1
+            entry = self._entries.pop(job_id, None)
+            if entry is not None:
+                self._index.remove(entry.key, entry.status, entry.user_id)
+            self._invalid.pop(job_id, None)
+            self._cache.pop(job_id, None)
         return Change.DELETED

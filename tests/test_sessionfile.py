@@ -58,7 +58,7 @@ def test_reads_a_valid_file(tmp_path: Path) -> None:
     assert headers[b"content-length"] == str(len(data)).encode()
     assert headers[b"cache-control"] == b"no-cache"
     assert b"x-session-stale" not in headers
-    assert dict(document.stale_headers)[b"x-session-stale"] == b"true"
+    assert dict(document.stale_headers())[b"x-session-stale"] == b"true"
     assert orjson.loads(summary.json) == {
         "job_id": "job-1",
         "status": "pending_hitl",

@@ -11,7 +11,7 @@ import pytest
 from app import sessionfile
 from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailable
 from app.index import SessionIndex
-from app.sessionfile import FINISHED_STATUSES, Summary
+from app.sessionfile import FINISHED_STATUSES
 from app.store import Change, SessionStore
 from tests.support import encode, session_doc, write_in_place
 
@@ -31,8 +31,8 @@ def make_store(root: Path, entries: int = 1000, size: int = 10_000_000) -> Sessi
     return SessionStore(root, cache_max_entries=entries, cache_max_bytes=size, max_file_bytes=1_000_000)
 
 
-def load(store: SessionStore, root: Path, job_id: str, warming: bool = False) -> Change:
-    return store.apply_loaded(sessionfile.read(root, job_id, store.max_file_bytes), warming=warming)
+def load(store: SessionStore, root: Path, job_id: str) -> Change:
+    return store.apply_loaded(sessionfile.read(root, job_id, store.max_file_bytes))
 
 
 def write(root: Path, job_id: str, **fields: object) -> bytes:
@@ -41,8 +41,18 @@ def write(root: Path, job_id: str, **fields: object) -> bytes:
     return data
 
 
-def summary(job_id: str, instant: int, status: str | None = "running", user: str | None = "u") -> Summary:
-    return Summary((-instant, job_id), status, user, orjson.dumps({"job_id": job_id}), b'"e"')
+Item = tuple[tuple[int, str], str | None, str | None]
+
+
+def item(job_id: str, instant: int, status: str | None = "running", user: str | None = "u") -> Item:
+    return (-instant, job_id), status, user
+
+
+def page_ids(index: SessionIndex, **query: object) -> list[str]:
+    params: dict[str, object] = {"statuses": None, "user_id": None, "include_saved": True, "after": None, "limit": 10}
+    params.update(query)
+    keys, _, _ = index.page(**params)  # type: ignore[arg-type]
+    return [key[1] for key in keys]
 
 
 # --- the index -----------------------------------------------------------------------------------
@@ -51,75 +61,90 @@ def summary(job_id: str, instant: int, status: str | None = "running", user: str
 def test_index_orders_newest_first_then_by_job_id() -> None:
     index = SessionIndex()
     for job_id, instant in [("b", 5), ("a", 5), ("c", 9), ("d", 1)]:
-        index.put(summary(job_id, instant))
-    page, total, more = index.page(statuses=None, user_id=None, include_saved=True, after=None, limit=10)
-    assert [s.job_id for s in page] == ["c", "a", "b", "d"]
+        index.add(*item(job_id, instant))
+    keys, total, more = index.page(statuses=None, user_id=None, include_saved=True, after=None, limit=10)
+    assert [key[1] for key in keys] == ["c", "a", "b", "d"]
     assert (total, more) == (4, False)
 
 
-def test_index_replaces_and_discards() -> None:
+def test_index_remove() -> None:
     index = SessionIndex()
-    index.put(summary("a", 1))
-    index.put(summary("a", 3, status="failed", user="v"))
+    index.add(*item("a", 1))
+    index.remove(*item("a", 1))
+    index.add(*item("a", 3, status="failed", user="v"))
     assert len(index) == 1
-    page, total, _ = index.page(statuses=["running"], user_id=None, include_saved=True, after=None, limit=10)
-    assert (page, total) == ([], 0)
-    page, total, _ = index.page(statuses=["failed"], user_id="v", include_saved=True, after=None, limit=10)
-    assert [s.job_id for s in page] == ["a"]
-    index.discard("a")
-    index.discard("a")
+    assert page_ids(index, statuses=["running"]) == []
+    assert page_ids(index, statuses=["failed"], user_id="v") == ["a"]
+    index.remove(*item("a", 3, status="failed", user="v"))
     assert len(index) == 0
-    assert index.page(statuses=None, user_id="v", include_saved=True, after=None, limit=10) == ([], 0, False)
+    assert page_ids(index, user_id="v") == []
+
+
+def random_items(seed: int, count: int) -> dict[str, Item]:
+    rng = random.Random(seed)
+    reference: dict[str, Item] = {}
+    for _ in range(count):
+        job_id = f"job-{rng.randrange(count // 2)}"
+        status = rng.choice([*STATUSES, None])
+        user = rng.choice(["ann", "bob", "cy", None])
+        reference[job_id] = item(job_id, rng.randrange(200), status, user)  # many ties: by id
+    return reference
+
+
+QUERIES = [
+    (None, None, True),
+    (None, None, False),
+    (["running", "failed"], None, True),
+    (["running", "failed"], None, False),
+    (None, "bob", True),
+    (None, "bob", False),
+    (["pending_hitl"], "cy", True),
+    (["nope"], None, True),
+]
+
+
+def all_pages(index: SessionIndex, statuses: list[str] | None, user: str | None, include_saved: bool) -> list[str]:
+    seen: list[str] = []
+    after = None
+    for _ in range(1000):
+        keys, _, more = index.page(statuses=statuses, user_id=user, include_saved=include_saved, after=after, limit=37)
+        seen.extend(key[1] for key in keys)
+        if not more:
+            break
+        after = keys[-1]
+    return seen
 
 
 def test_index_filters_and_pages_match_a_brute_force_reference() -> None:
     rng = random.Random(7)
     index = SessionIndex()
-    reference: dict[str, Summary] = {}
+    reference: dict[str, Item] = {}
     for _ in range(3000):
         job_id = f"job-{rng.randrange(1500)}"
+        if job_id in reference:
+            index.remove(*reference.pop(job_id))
         if rng.random() < 0.15:
-            index.discard(job_id)
-            reference.pop(job_id, None)
             continue
-        status = rng.choice([*STATUSES, None])
-        user = rng.choice(["ann", "bob", "cy", None])
-        item = summary(job_id, rng.randrange(200), status, user)  # many equal instants: ties by id
-        index.put(item)
-        reference[job_id] = item
-    cases = [
-        (None, None, True),
-        (None, None, False),
-        (["running", "failed"], None, True),
-        (["running", "failed"], None, False),
-        (None, "bob", True),
-        (None, "bob", False),
-        (["pending_hitl"], "cy", True),
-        (["nope"], None, True),
-    ]
-    for statuses, user, include_saved in cases:
+        new = item(job_id, rng.randrange(200), rng.choice([*STATUSES, None]), rng.choice(["ann", "bob", "cy", None]))
+        index.add(*new)
+        reference[job_id] = new
+    built = SessionIndex.build(reference.values())
+    for statuses, user, include_saved in QUERIES:
         expected = sorted(
             (
-                s
-                for s in reference.values()
-                if (statuses is None or s.status in statuses)
-                and (user is None or s.user_id == user)
-                and (include_saved or s.status not in FINISHED_STATUSES)
+                entry
+                for entry in reference.values()
+                if (statuses is None or entry[1] in statuses)
+                and (user is None or entry[2] == user)
+                and (include_saved or entry[1] not in FINISHED_STATUSES)
             ),
-            key=lambda s: s.key,
+            key=lambda entry: entry[0],
         )
-        seen: list[str] = []
-        after = None
-        for _ in range(1000):
-            page, total, more = index.page(
-                statuses=statuses, user_id=user, include_saved=include_saved, after=after, limit=37
-            )
-            assert total == len(expected)
-            seen.extend(s.job_id for s in page)
-            if not more:
-                break
-            after = page[-1].key
-        assert seen == [s.job_id for s in expected], (statuses, user, include_saved)
+        _, total, _ = index.page(statuses=statuses, user_id=user, include_saved=include_saved, after=None, limit=1)
+        assert total == len(expected)
+        ids = [entry[0][1] for entry in expected]
+        assert all_pages(index, statuses, user, include_saved) == ids, (statuses, user, include_saved)
+        assert all_pages(built, statuses, user, include_saved) == ids, "built in bulk"
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -227,14 +252,30 @@ def test_a_zero_cache_serves_every_read_from_disk(tmp_path: Path) -> None:
     assert store.load_missing("j").body == data
 
 
-def test_warm_up_fills_without_evicting(tmp_path: Path) -> None:
-    store = make_store(tmp_path, entries=2)
-    for n in range(5):
-        write(tmp_path, f"j{n}")
-        load(store, tmp_path, f"j{n}", warming=True)
-    stats = store.stats()
-    assert (stats["cache_entries"], stats["cache_evictions"]) == (2, 0)
-    assert store.lookup("j0")[0] is not None  # the first loaded (newest) stayed
+def test_warm_up_caches_the_newest_sessions_that_fit(tmp_path: Path) -> None:
+    store = make_store(tmp_path, entries=3)
+    order = [4, 0, 7, 2, 9, 1, 8, 3, 6, 5]  # read in an order unrelated to age
+    for n in order:
+        write(tmp_path, f"j{n}", updated_at=f"2024-01-0{n}T00:00:00Z" if n else None)
+    store.warm([sessionfile.read(tmp_path, f"j{n}", store.max_file_bytes) for n in order])
+    store.finish_warm_up()
+    assert store.stats()["sessions"] == 10
+    cached = {f"j{n}" for n in range(10) if store.lookup(f"j{n}")[0] is not None}
+    assert cached == {"j0", "j9", "j8"}  # j0 has no updated_at: its (current) mtime is newest
+    keys, total, _ = store.page(statuses=None, user_id=None, include_saved=True, after=None, limit=3)[:3]
+    assert total == 10
+
+
+def test_invalid_during_warm_up_and_index_after(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    write(tmp_path, "a")
+    store.warm([sessionfile.read(tmp_path, "a", store.max_file_bytes)])
+    store.apply_invalid("b", 1, False, "not JSON")
+    store.finish_warm_up()
+    items, total, _, _ = store.page(statuses=None, user_id=None, include_saved=True, after=None, limit=10)
+    assert total == 1 and [orjson.loads(i)["job_id"] for i in items] == ["a"]
+    with pytest.raises(RuntimeError):
+        store.warm([])
 
 
 def test_load_missing_brings_an_evicted_session_back(tmp_path: Path) -> None:
