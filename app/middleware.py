@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 import re
-import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,7 +52,8 @@ class RequestObserver:
                     request_id = value
                 break
         if request_id is None:
-            request_id = secrets.token_hex(8).encode()
+            # Unique enough to correlate log lines, and no system call per request.
+            request_id = b"%016x" % random.getrandbits(64)
         status = 500
 
         async def send_with_id(message: Message) -> None:

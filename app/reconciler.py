@@ -28,6 +28,7 @@ from app.watcher import NativeWatcher
 
 logger = logging.getLogger("app.reconciler")
 
+BACKGROUND_NICENESS = 10
 WARM_BATCH = 256  # files applied per lock acquisition during the warm-up
 RETRY_DELAY_S = 0.5  # after a transient read error (out of file descriptors, memory)
 WATCHER_START_TIMEOUT_S = 5.0
@@ -40,6 +41,16 @@ class ReconcilerStats:
     rescan_seconds: float = 0.0
     changes: dict[str, int] = field(default_factory=dict)
     transient_errors: int = 0
+
+
+def _lower_priority() -> None:
+    """Let the event loop win the CPU over this thread: on a busy core the scheduler then runs
+    the loop as soon as it is ready, which keeps probes and requests fast during a warm-up or a
+    rescan. (Linux schedules threads as tasks, so this lowers this thread alone.)"""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
 
 
 class Reconciler:
@@ -79,6 +90,7 @@ class Reconciler:
     # --- the thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        _lower_priority()
         if self.watcher is not None:
             self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
         self._warm_up()
