@@ -1,0 +1,177 @@
+"""`python -m bench [--quick] [--only get,list,warmup,fresh,memory,livez]`: see bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench import churn, report, server, throughput, warmup, wrk
+from bench.generate import generate, link_subset
+
+PARTS = ("get", "list", "warmup", "livez", "fresh", "memory")
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int = 5
+    seconds: float = 10.0
+    get_sessions: int = 20_000
+    list_sessions: int = 100_000
+    list_small_sessions: int = 1_000
+    warm_sessions: int = 100_000
+    churn_files: int = 1_000
+    churn_seconds: float = 20.0
+    churn_rate: float = 1000.0
+    fresh_samples: int = 200
+    livez_hz: float = 200.0
+    seed: int = 20240601
+
+
+QUICK = Config(rounds=1, seconds=3, get_sessions=5_000, list_sessions=20_000, warm_sessions=20_000,
+               churn_seconds=5, fresh_samples=40)  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the job-session service.")
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (smaller folders, one round)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of: {','.join(PARTS)}")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 5, --quick 1)")
+    parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 10, --quick 3)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated folder and server logs")
+    options = parser.parse_args(argv)
+    parts = {part.strip() for part in options.only.split(",") if part.strip()}
+    if unknown := parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if not wrk.available():
+        print(wrk.INSTALL_HINT, file=sys.stderr)
+        return 1
+    if len(os.sched_getaffinity(0) | {0, 1}) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        print("needs cores 0 and 1 (server and load generator each pinned to one)", file=sys.stderr)
+        return 1
+    config = QUICK if options.quick else Config()
+    config = replace(config, rounds=options.rounds or config.rounds, seconds=options.seconds or config.seconds)
+    server.pin_client()
+    work = Path(tempfile.mkdtemp(prefix="sessions-bench-"))
+    try:
+        figures, raw = run(config, parts, work)
+    finally:
+        if options.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    path = report.write(figures, asdict(config) | {"parts": sorted(parts)}, raw)
+    print()
+    print(report.table(figures))
+    print()
+    print("Server: python -m app, one worker, uvloop + httptools, SESSIONS_LOG_LEVEL=warning; references under the "
+          "same uvicorn settings; load: wrk -t1 -c32 pinned to core 1, servers to core 0.")  # fmt: skip
+    print(f"results: {path}")
+    return 0 if all(figure.passed for figure in figures) else 3
+
+
+def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure], dict[str, Any]]:
+    logs = work / "logs"
+    logs.mkdir()
+    figures: list[report.Figure] = []
+    raw: dict[str, Any] = {}
+    biggest = max(config.get_sessions, config.list_sessions, config.warm_sessions, config.list_small_sessions)
+    started = time.perf_counter()
+    log(f"generating {biggest:,} sessions in {work}")
+    everything = work / "all"
+    ids = generate(everything, biggest, config.seed)
+    log(f"  {time.perf_counter() - started:.1f} s")
+
+    def subset(name: str, count: int) -> tuple[Path, list[str]]:
+        if count == biggest:
+            return everything, ids
+        folder = work / name
+        if not folder.exists():
+            link_subset(everything, folder, ids[:count])
+        return folder, ids[:count]
+
+    if "get" in parts:
+        log(f"GET by id: service vs limit vs lazy, {config.get_sessions:,} sessions")
+        folder, subset_ids = subset("get", config.get_sessions)
+        paths = wrk.write_paths(work / "get-paths.txt", throughput.id_paths(subset_ids))
+        targets = [server.service(folder, logs), server.reference("limit", folder, logs),
+                   server.reference("lazy", folder, logs)]  # fmt: skip
+        stats = _with_servers(targets, lambda: throughput.alternate(
+            [(s.name, s, paths) for s in targets], config.rounds, config.seconds, log))  # fmt: skip
+        figures += throughput.get_by_id_figures(stats, config.get_sessions)
+        raw["get"] = stats
+
+    if "list" in parts:
+        log(f"list pages: {config.list_sessions:,} vs {config.list_small_sessions:,} sessions")
+        big_folder, big_ids = subset("list-big", config.list_sessions)
+        small_folder, _ = subset("list-small", config.list_small_sessions)
+        big = server.service(big_folder, logs, name="service-list-big")
+        small = server.service(small_folder, logs, name="service-list-small")
+
+        def measure() -> dict[str, Any]:
+            big_list = wrk.write_paths(work / "list-big.txt", throughput.list_paths(big.port))
+            small_list = wrk.write_paths(work / "list-small.txt", throughput.list_paths(small.port))
+            big_get = wrk.write_paths(work / "get-big.txt", throughput.id_paths(big_ids))
+            targets = [("list-big", big, big_list), ("get-big", big, big_get), ("list-small", small, small_list)]
+            return throughput.alternate(targets, config.rounds, config.seconds, log)
+
+        stats = _with_servers([big, small], measure)
+        figures += throughput.list_figures(stats, config.list_sessions, config.list_small_sessions)
+        raw["list"] = stats
+
+    if parts & {"warmup", "memory"} or "livez" in parts:
+        log(f"warm-up and memory: {config.warm_sessions:,} sessions")
+        folder, _ = subset("warm", config.warm_sessions)
+        empty = work / "empty"
+        empty.mkdir(exist_ok=True)
+        warm_figures, raw["warmup"] = warmup.run(
+            folder, empty, logs, config.rounds, config.livez_hz, config.warm_sessions, log
+        )
+        wanted = {"warm-up": "warmup", "/livez": "livez", "memory": "memory"}
+        figures += [f for f in warm_figures if any(f.name.startswith(k) and v in parts for k, v in wanted.items())]
+
+    if parts & {"livez", "fresh"}:
+        log(f"churn and freshness: {config.churn_files:,} files")
+        folder = work / "churn"
+        generate(folder, config.churn_files, config.seed + 1)
+        churn_figures, raw["churn"] = churn.run(
+            folder, logs, config.churn_seconds, config.churn_rate, config.livez_hz, config.fresh_samples, log
+        )
+        figures += [f for f in churn_figures if ("fresh" in parts if "freshness" in f.name else "livez" in parts)]
+    log(f"done in {time.perf_counter() - started:.0f} s")
+    random.seed()
+    return figures, raw
+
+
+def _with_servers(servers: list[server.Server], body: Any) -> Any:
+    try:
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            srv.wait_ready(deadline_s=600)
+        return body()
+    except server.ServerError:
+        raise
+    except Exception as exc:
+        tails = "\n".join(f"--- {srv.name} log:\n{srv.log_tail()}" for srv in servers)
+        raise RuntimeError(f"{exc}\n{tails}") from exc
+    finally:
+        for srv in servers:
+            code = srv.stop()
+            if code not in (0, None, -15):
+                log(f"  {srv.name} exited with status {code}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
