@@ -39,6 +39,8 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Logging is configured before the app is built; deciding once saves a lookup a request.
+        self.log_access = access_logger.isEnabledFor(logging.INFO)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +72,7 @@ class RequestObserver:
             route = route_template(scope["path"])
             method = scope["method"]
             self.metrics.observe_request(route, method, status, seconds)
-            if access_logger.isEnabledFor(logging.INFO):
+            if self.log_access:
                 access_logger.info(
                     "%s %s %d",
                     method,

@@ -181,7 +181,7 @@ COMPONENTS: dict[str, Any] = {
 
 
 def openapi_path(route_path: str) -> str:
-    return route_path.replace("{job_id:path}", "{job_id}")
+    return route_path.replace("{job_id:jobpath}", "{job_id}")
 
 
 def build_openapi(routes: list[BaseRoute]) -> dict[str, Any]:
