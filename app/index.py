@@ -16,7 +16,11 @@ from sortedcontainers import SortedList
 
 from app.sessionfile import FINISHED_STATUSES
 
-Key = tuple[int, str]  # (-updated instant in ns, job id): ascending is newest first
+# (-updated instant in ns, job id, summary JSON): ascending is newest first, then by job id. The
+# first two are unique, so the JSON is never compared: it rides along so that a page is read
+# straight off the sorted keys. A cursor is (instant, job id, AFTER): just past that session.
+Key = tuple[int, str, bytes]
+AFTER = b"\xff"  # sorts after any JSON text
 
 
 class _Group:

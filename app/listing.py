@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import quote, unquote_plus
 
 import orjson
 
 from app.errors import BadRequest
-from app.index import Key
+from app.index import AFTER, Key
 from app.sessionfile import is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_PARAMETERS = 64
+# What a query may hold as is inside Link: <...>; anything else (<, >, ", spaces) is escaped.
+_SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -25,7 +28,7 @@ class ListQuery:
     include_saved: bool
     limit: int
     after: Key | None
-    pairs: list[tuple[str, str]]  # the query as sent, less the cursor: the next page's base
+    base: str  # the query as sent, less the cursor
 
 
 def encode_cursor(key: Key) -> str:
@@ -45,7 +48,7 @@ def decode_cursor(cursor: str) -> Key:
         and isinstance(decoded[1], str)
         and is_job_id(decoded[1])
     ):
-        return decoded[0], decoded[1]
+        return decoded[0], decoded[1], AFTER
     raise BadRequest("cursor is not valid: pass the cursor of the previous page's Link")
 
 
@@ -54,10 +57,10 @@ def parse_list_query(query_string: bytes) -> ListQuery:
         text = query_string.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest("the query string must be ASCII (percent-encode other characters)") from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=64)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the query string cannot be parsed: {exc}") from exc
+    parts = [part for part in text.split("&") if part]
+    if len(parts) > MAX_PARAMETERS:
+        raise BadRequest(f"too many query parameters (at most {MAX_PARAMETERS})")
+    pairs = [_parameter(part) for part in parts]
 
     statuses: set[str] | None = None
     user_id: str | None = None
@@ -87,10 +90,24 @@ def parse_list_query(query_string: bytes) -> ListQuery:
         include_saved=include_saved,
         limit=limit,
         after=after,
-        pairs=[(name, value) for name, value in pairs if name != "cursor"],
+        # The next page's query: this one as sent, less its cursor (no re-encoding needed).
+        base=quote(
+            "&".join(part for part, (name, _) in zip(parts, pairs, strict=True) if name != "cursor"),
+            safe=_SAFE_IN_LINK,
+        ),
     )
 
 
+def _parameter(part: str) -> tuple[str, str]:
+    name, _, value = part.partition("=")
+    if "%" in part or "+" in part:
+        try:
+            return unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the query string has percent-encoded bytes that are not UTF-8: {exc.reason}") from exc
+    return name, value
+
+
 def next_link(path: str, query: ListQuery, last: Key) -> bytes:
-    target = urlencode([*query.pairs, ("cursor", encode_cursor(last))])
-    return f'<{path}?{target}>; rel="next"'.encode("latin-1")
+    target = f"{query.base}&cursor={encode_cursor(last)}" if query.base else f"cursor={encode_cursor(last)}"
+    return f'<{path}?{target}>; rel="next"'.encode("ascii")

@@ -80,10 +80,13 @@ class Document(NamedTuple):
 class Summary(NamedTuple):
     """What lists and filters need of one version of a session."""
 
-    key: tuple[int, str]  # (-updated instant in ns, job id): ascending order is newest first
+    key: tuple[int, str, bytes]  # (-updated instant in ns, job id, the list item as JSON): see app.index
     status: str | None  # the status when it is a string (else None): what filters match
     user_id: str | None  # likewise
-    json: bytes  # the list item, encoded once
+
+    @property
+    def json(self) -> bytes:
+        return self.key[2]
 
 
 class LoadedFile(NamedTuple):
@@ -128,20 +131,23 @@ def build(job_id: str, data: bytes, mtime_ns: int) -> tuple[Document, Summary]:
     updated_at = parsed.get("updated_at")
     updated = instant_ns(updated_at)
     summary = Summary(
-        (-(updated if updated is not None else mtime_ns), job_id),
+        (
+            -(updated if updated is not None else mtime_ns),
+            job_id,
+            _compact(
+                orjson.dumps(
+                    {
+                        "job_id": job_id,
+                        "status": status,
+                        "user_id": user_id,
+                        "created_at": parsed.get("created_at"),
+                        "updated_at": updated_at,
+                    }
+                )
+            ),
+        ),
         _interned(status),
         _interned(user_id),
-        _compact(
-            orjson.dumps(
-                {
-                    "job_id": job_id,
-                    "status": status,
-                    "user_id": user_id,
-                    "created_at": parsed.get("created_at"),
-                    "updated_at": updated_at,
-                }
-            )
-        ),
     )
     return document, summary
 

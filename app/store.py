@@ -43,16 +43,14 @@ class Entry:
     """A valid session (or the last valid version of one whose file is invalid now): what the
     index and lists need, kept for every session, cached or not. Kept small: one per file."""
 
-    __slots__ = ("key", "status", "user_id", "json", "signature", "revision")
+    __slots__ = ("key", "status", "user_id", "signature")
 
-    def __init__(self, loaded: LoadedFile, revision: int) -> None:
+    def __init__(self, loaded: LoadedFile) -> None:
         summary = loaded.summary
-        self.key = summary.key
+        self.key = summary.key  # its list position and list item: see app.index
         self.status = summary.status
         self.user_id = summary.user_id
-        self.json = summary.json
         self.signature = loaded.signature
-        self.revision = revision  # the store revision of this session's last change
 
 
 class Invalid:
@@ -120,10 +118,8 @@ class SessionStore:
             keys, total, more = self._index.page(
                 statuses=statuses, user_id=user_id, include_saved=include_saved, after=after, limit=limit
             )
-            entries = self._entries
-            items = [entries[key[1]].json for key in keys]
             revision = self.revision
-        return items, total, (keys[-1] if more and keys else None), revision
+        return [key[2] for key in keys], total, (keys[-1] if more and keys else None), revision
 
     def load_missing(self, job_id: str) -> Document:
         """Read an evicted session back into the cache. Blocking: call it off the event loop."""
@@ -197,7 +193,7 @@ class SessionStore:
             for loaded in batch:
                 job_id = loaded.document.job_id
                 self.revision += 1
-                self._entries[job_id] = Entry(loaded, self.revision)
+                self._entries[job_id] = Entry(loaded)
                 self._invalid.pop(job_id, None)
                 if loaded.racy:
                     self._racy.add(job_id)
@@ -232,7 +228,7 @@ class SessionStore:
             self.revision += 1
             if entry is not None:
                 self._index.remove(entry.key, entry.status, entry.user_id)
-            new = self._entries[job_id] = Entry(loaded, self.revision)
+            new = self._entries[job_id] = Entry(loaded)
             self._index.add(new.key, new.status, new.user_id)
             self._invalid.pop(job_id, None)
             self._cache.put(document)
@@ -253,8 +249,6 @@ class SessionStore:
                 # be evicted while the file stays invalid.
                 pinned = self._cache.pop(job_id, None) if entry is not None else None
                 self._invalid[job_id] = Invalid(signature, reason, pinned)
-            if entry is not None:
-                entry.revision = self.revision
         return Change.STALE if entry is not None else Change.INVALID
 
     def apply_deleted(self, job_id: str) -> Change:
