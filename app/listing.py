@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus
 
 import orjson
@@ -21,8 +21,7 @@ _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
-@dataclass(frozen=True, slots=True)
-class ListQuery:
+class ListQuery(NamedTuple):
     statuses: frozenset[str] | None
     user_id: str | None
     include_saved: bool
@@ -85,13 +84,13 @@ def parse_list_query(query_string: bytes) -> ListQuery:
         elif name == "cursor":
             after = decode_cursor(value)
     return ListQuery(
-        statuses=frozenset(statuses) if statuses is not None else None,
-        user_id=user_id,
-        include_saved=include_saved,
-        limit=limit,
-        after=after,
+        frozenset(statuses) if statuses is not None else None,
+        user_id,
+        include_saved,
+        limit,
+        after,
         # The next page's query: this one as sent, less its cursor (no re-encoding needed).
-        base=quote(
+        quote(
             "&".join(part for part, (name, _) in zip(parts, pairs, strict=True) if name != "cursor"),
             safe=_SAFE_IN_LINK,
         ),
