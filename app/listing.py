@@ -16,6 +16,8 @@ from app.sessionfile import is_job_id
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_PARAMETERS = 64
+MAX_STATUSES = 64
+MAX_VALUE_LENGTH = 1024
 # What a query may hold as is inside Link: <...>; anything else (<, >, ", spaces) is escaped.
 _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
@@ -67,10 +69,14 @@ def parse_list_query(query_string: bytes) -> ListQuery:
     limit = DEFAULT_LIMIT
     after: Key | None = None
     for name, value in pairs:
+        if len(value) > MAX_VALUE_LENGTH:
+            raise BadRequest(f"{name[:40]!r} is longer than {MAX_VALUE_LENGTH} characters")
         if name == "status":
             wanted = {part.strip() for part in value.split(",") if part.strip()}
             if wanted:
                 statuses = wanted if statuses is None else statuses | wanted
+                if len(statuses) > MAX_STATUSES:
+                    raise BadRequest(f"at most {MAX_STATUSES} statuses")
         elif name == "user_id":
             user_id = value or None
         elif name == "include_saved":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import heapq
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from app.errors import (
 )
 from app.index import Key, SessionIndex
 from app.sessionfile import Document, LoadedFile
+
+MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
 
 class Change(enum.Enum):
@@ -122,18 +125,26 @@ class SessionStore:
         return [key[2] for key in keys], total, (keys[-1] if more and keys else None), revision
 
     def load_missing(self, job_id: str) -> Document:
-        """Read an evicted session back into the cache. Blocking: call it off the event loop."""
-        try:
-            loaded = sessionfile.read(self.root, job_id, self.max_file_bytes)
-        except FileNotFoundError:
-            self.on_suspect(job_id)
-            raise SessionNotFound(f"no session {job_id!r}") from None
-        except InvalidSessionFile as exc:
-            # The file changed after it was indexed and is invalid now (most likely mid-write).
-            self.on_suspect(job_id)
-            raise TemporarilyUnavailable(f"the file for {job_id!r} is being changed ({exc.reason}); try again") from exc
-        except TransientReadError as exc:
-            raise TemporarilyUnavailable(f"cannot read the file for {job_id!r} now: {exc}") from exc
+        """Read an evicted session back into the cache. Blocking: call it off the event loop.
+
+        A file caught mid-write (a writer rewriting it in place) is read again a few times over
+        ~150 ms before giving up: its last valid version is not in memory to serve instead."""
+        for delay in (*MID_WRITE_RETRY_DELAYS_S, None):
+            try:
+                loaded = sessionfile.read(self.root, job_id, self.max_file_bytes)
+                break
+            except FileNotFoundError:
+                self.on_suspect(job_id)
+                raise SessionNotFound(f"no session {job_id!r}") from None
+            except InvalidSessionFile as exc:
+                if delay is None:
+                    self.on_suspect(job_id)
+                    raise TemporarilyUnavailable(
+                        f"the file for {job_id!r} is being changed ({exc.reason}); try again"
+                    ) from exc
+                time.sleep(delay)
+            except TransientReadError as exc:
+                raise TemporarilyUnavailable(f"cannot read the file for {job_id!r} now: {exc}") from exc
         with self._lock:
             entry = self._entries.get(job_id)
             if entry is not None and entry.signature == loaded.signature and job_id not in self._invalid:
