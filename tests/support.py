@@ -185,12 +185,13 @@ def start_server(
     args: tuple[str, ...] = (),
     wait_ready: bool = True,
     timeout: float = 60.0,
+    prefix: tuple[str, ...] = (),
 ) -> Server:
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *args],
+            [*prefix, sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO,
             env=server_env(sessions_dir, env),
             stdout=log,
