@@ -155,11 +155,7 @@ def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Calla
             n = seed
             while not stop.is_set() and time.monotonic() < deadline and counts["requests"] < 200_000:
                 n += 7
-                path = (
-                    f"/api/v2/jobs/{ids[n % len(ids)]}"
-                    if n % 5
-                    else "/api/v2/jobs?limit=50&status=running"
-                )
+                path = f"/api/v2/jobs/{ids[n % len(ids)]}" if n % 5 else "/api/v2/jobs?limit=50&status=running"
                 started = time.monotonic()
                 response = client.get(path)
                 slowest[0] = max(slowest[0], time.monotonic() - started)
