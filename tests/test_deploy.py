@@ -30,7 +30,8 @@ MANIFEST_FILES = sorted(p for p in MANIFESTS.glob("*.yaml") if p.name != "kustom
 DEFAULT_SHUTDOWN_DELAY_S = 0.0
 DEFAULT_GRACEFUL_TIMEOUT_S = 20.0
 DEFAULT_CACHE_MAX_BYTES = 268_435_456
-SUMMARY_BYTES_PER_SESSION = 400
+CACHED_RSS_PER_DOCUMENT_BYTE = 1.5
+SUMMARY_BYTES_PER_SESSION = 650  # measured by make bench: RSS per indexed, uncached session
 INTERPRETER_BYTES = 60 * 2**20
 SIZED_FOR_SESSIONS = 100_000
 
@@ -361,7 +362,12 @@ def test_one_worker_per_container_and_several_replicas() -> None:
 def test_memory_fits_the_cache_bound_and_the_index() -> None:
     env = container_env()
     cache_bytes = int(env.get("SESSIONS_CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES))
-    needed = cache_bytes + SIZED_FOR_SESSIONS * SUMMARY_BYTES_PER_SESSION + INTERPRETER_BYTES
+    # cached documents cost ~1.5x their bytes in RSS (measured by make bench)
+    needed = (
+        int(cache_bytes * CACHED_RSS_PER_DOCUMENT_BYTE)
+        + SIZED_FOR_SESSIONS * SUMMARY_BYTES_PER_SESSION
+        + INTERPRETER_BYTES
+    )
     resources = container()["resources"]
     request = quantity_bytes(resources["requests"]["memory"])
     limit = quantity_bytes(resources["limits"]["memory"])
