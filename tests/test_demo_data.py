@@ -13,21 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support import STATUSES as SEEN_IN_THE_WILD
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "sessions"
 FILES = sorted(DATA.glob("*.json"))
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-STATUSES = {
-    "pending",
-    "running",
-    "pending_hitl",
-    "pending_user_input",
-    "pending_review",
-    "completed",
-    "failed",
-    "cancelled",
-}
+STATUSES = set(SEEN_IN_THE_WILD)
 WAITING_FOR_A_HUMAN = {"pending_hitl", "pending_user_input", "pending_review"}
 MAX_FILE_BYTES = 8_388_608  # SESSIONS_MAX_FILE_BYTES default
 DEMO_MAX_BYTES = 3 * 1024

@@ -13,18 +13,7 @@ from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailab
 from app.index import SessionIndex
 from app.sessionfile import FINISHED_STATUSES
 from app.store import Change, SessionStore
-from tests.support import encode, session_doc, write_in_place
-
-STATUSES = [
-    "pending",
-    "running",
-    "pending_hitl",
-    "pending_user_input",
-    "pending_review",
-    "completed",
-    "failed",
-    "cancelled",
-]
+from tests.support import STATUSES, encode, session_doc, write_in_place
 
 
 def make_store(root: Path, entries: int = 1000, size: int = 10_000_000) -> SessionStore:
