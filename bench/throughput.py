@@ -78,8 +78,9 @@ def _next_cursor(headers: dict[str, str]) -> str | None:
 
 
 def list_paths(port: int, pages: int = 24, seed: int = 7) -> list[str]:
-    """A mix of list pages of 100: the first page, filtered first pages, and pages deep in the
-    listing (cursors collected by walking it with big pages); each checked to answer 200."""
+    """A mix of full list pages: the first page, filtered first pages, and pages deep in the
+    listing (cursors collected by walking it with big pages); each checked to answer 200. Every
+    page is full at both folder sizes, so that 100,000 vs 1,000 compares the same work."""
     cursors: list[str] = []
     cursor: str | None = None
     for _ in range(1000):
@@ -107,8 +108,10 @@ def list_paths(port: int, pages: int = 24, seed: int = 7) -> list[str]:
         "/api/v2/jobs?limit=100&status=running",
         "/api/v2/jobs?limit=100&status=pending,pending_hitl,pending_review",
         "/api/v2/jobs?limit=100&include_saved=false",
-        "/api/v2/jobs?limit=100&user_id=user-007",
-        "/api/v2/jobs?limit=100&user_id=user-031&include_saved=false",
+        # A user's sessions fill a page of 100 only in the big folder (48 users): a page of 10
+        # is full at both sizes, so the p99 comparison weighs the same work at both.
+        "/api/v2/jobs?limit=10&user_id=user-007",
+        "/api/v2/jobs?limit=10&user_id=user-031&include_saved=false",
         *(f"/api/v2/jobs?limit=100&cursor={urllib.parse.quote(c)}" for c in chosen),
     ]
     for path in paths:
