@@ -8,6 +8,7 @@ however many requests wait for it.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from concurrent.futures import Executor
 
 from starlette.exceptions import HTTPException
@@ -122,14 +123,39 @@ class JobFastPath:
 
 
 class JobListEndpoint:
-    """GET/HEAD /api/v2/jobs"""
+    """GET/HEAD /api/v2/jobs
+
+    A page depends only on the query and on the store's state, which the store revision names:
+    the last pages rendered are kept by (query, revision), so clients polling the same page
+    between changes cost a dictionary lookup. A change moves the revision on, and with it the key.
+    """
+
+    RENDERED_PAGES = 64
+
+    def __init__(self) -> None:
+        self._rendered: OrderedDict[tuple[int, int, str, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = (
+            OrderedDict()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         if method not in _METHODS:
             raise HTTPException(405, "use GET or HEAD", headers=_ALLOW)
-        query = parse_list_query(scope["query_string"])
         store: SessionStore = scope["state"]["store"]
+        key = (id(store), store.revision, scope["path"], scope["query_string"])
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._render(store, scope["path"], scope["query_string"])
+            self._rendered[key] = rendered
+            if len(self._rendered) > self.RENDERED_PAGES:
+                self._rendered.popitem(last=False)
+        headers, body = rendered
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    @staticmethod
+    def _render(store: SessionStore, path: str, query_string: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        query = parse_list_query(query_string)
         items, total, next_key, revision = store.page(
             statuses=query.statuses,
             user_id=query.user_id,
@@ -140,12 +166,11 @@ class JobListEndpoint:
         body = b"[" + b",".join(items) + b"]"
         headers = [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", b"%d" % len(body)),
             (b"cache-control", b"no-cache"),
-            (b"x-total-count", str(total).encode()),
-            (b"x-revision", str(revision).encode()),
+            (b"x-total-count", b"%d" % total),
+            (b"x-revision", b"%d" % revision),
         ]
         if next_key is not None:
-            headers.append((b"link", next_link(scope["path"], query, next_key)))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+            headers.append((b"link", next_link(path, query, next_key)))
+        return headers, body

@@ -222,6 +222,7 @@ class SessionStore:
         with self._lock:
             self._index = index
             self._warming = None
+            self.revision += 1  # the lists change (from empty to everything): a new revision
 
     def apply_loaded(self, loaded: LoadedFile) -> Change:
         document, summary = loaded.document, loaded.summary

@@ -120,10 +120,19 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         small = server.service(small_folder, logs, name="service-list-small")
 
         def measure() -> dict[str, Any]:
-            big_list = wrk.write_paths(work / "list-big.txt", throughput.list_paths(big.port))
-            small_list = wrk.write_paths(work / "list-small.txt", throughput.list_paths(small.port))
+            big_paths, small_paths = throughput.list_paths(big.port), throughput.list_paths(small.port)
+            big_list = wrk.write_paths(work / "list-big.txt", big_paths)
+            small_list = wrk.write_paths(work / "list-small.txt", small_paths)
+            big_render = wrk.write_paths(work / "list-render-big.txt", throughput.distinct_paths(big_paths))
+            small_render = wrk.write_paths(work / "list-render-small.txt", throughput.distinct_paths(small_paths))
             big_get = wrk.write_paths(work / "get-big.txt", throughput.id_paths(big_ids))
-            targets = [("list-big", big, big_list), ("get-big", big, big_get), ("list-small", small, small_list)]
+            targets = [
+                ("list-big", big, big_list),
+                ("get-big", big, big_get),
+                ("list-small", small, small_list),
+                ("list-render-big", big, big_render),
+                ("list-render-small", small, small_render),
+            ]
             return throughput.alternate(targets, config.rounds, config.seconds, log)
 
         stats = _with_servers([big, small], measure)
