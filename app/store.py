@@ -97,10 +97,10 @@ class SessionStore:
             if entry is None:
                 raise SessionFileInvalid(f"the file for {job_id!r} is invalid: {invalid.reason}")
             if invalid.pinned is None:
-                raise TemporarilyUnavailable(
-                    f"the file for {job_id!r} is invalid ({invalid.reason}) and its last valid "
-                    "version is no longer in memory"
-                )
+                # The last valid version had been evicted before the file turned invalid. A
+                # writer is most likely mid-write: let the loader read it again (with its
+                # retries) rather than answer 503 for what is a millisecond-long state.
+                return None, False
             return invalid.pinned, True
         if entry is None:
             raise SessionNotFound(f"no session {job_id!r}")

@@ -198,15 +198,20 @@ def test_never_valid_file_is_a_404_with_its_reason(tmp_path: Path) -> None:
     assert store.stats()["invalid_files"] == 0
 
 
-def test_stale_session_whose_last_version_was_evicted_is_unavailable_not_an_error(tmp_path: Path) -> None:
+def test_stale_session_whose_last_version_was_evicted_goes_to_the_loader(tmp_path: Path) -> None:
+    # Its last valid version is not in memory: the file is read again (a writer mid-write is
+    # done a millisecond later), and only a file still invalid after the retries is a 503.
     store = make_store(tmp_path, entries=1)
     write(tmp_path, "a")
     write(tmp_path, "b")
     load(store, tmp_path, "a")
     load(store, tmp_path, "b")  # evicts a
     store.apply_invalid("a", 5, False, "not JSON")
-    with pytest.raises(TemporarilyUnavailable):
-        store.lookup("a")
+    assert store.lookup("a") == (None, False)
+    assert store.load_missing("a").body  # the file on disk is valid again: served
+    (tmp_path / "a.json").write_bytes(b"{")
+    with pytest.raises(TemporarilyUnavailable, match="being changed"):
+        store.load_missing("a")
 
 
 def test_cache_is_bounded_by_entries(tmp_path: Path) -> None:
