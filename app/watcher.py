@@ -94,7 +94,9 @@ class NativeWatcher:
             yield_on_timeout=True,
             recursive=False,
             raise_interrupt=False,
-            ignore_permission_denied=True,
+            # True would also swallow "OS file watch limit reached" and leave us watching
+            # nothing while healthy; raised, it puts the reconciler in poll mode instead.
+            ignore_permission_denied=False,
         ):
             if not self.healthy.is_set():
                 self.healthy.set()
@@ -104,6 +106,10 @@ class NativeWatcher:
                     self._pending.request_rescan()
             if changes:
                 self.events += len(changes)
+                if any(path == root for _, path in changes):
+                    # The folder itself was removed (a new one may reuse its inode, so the
+                    # identity check below cannot see it): watch afresh.
+                    return
                 job_ids = {job_id for _, path in changes if (job_id := job_id_for(os.path.basename(path))) is not None}
                 if job_ids:
                     self._pending.add(job_ids)
