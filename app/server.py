@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 from app.application import DRAINING, create_app
+from app.httpprotocol import HeadDeadlineHttpProtocol
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger("app.server")
@@ -64,7 +65,7 @@ def _config(settings: Settings, app: Any, host: str, port: int, workers: int) ->
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=HeadDeadlineHttpProtocol,
         lifespan="on",
         log_config=None,  # app.logs configured logging already
         access_log=False,  # app.access writes one structured line per request
