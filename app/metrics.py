@@ -4,6 +4,7 @@ store's counters by a monitor task (and just before every scrape), event-loop la
 With `--workers N`, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR, set
 by `python -m app`): counters and histograms add up across workers, per-worker gauges of cache
 size add up (`livesum`), and figures every worker shares (sessions indexed) take the maximum.
+Gauges count live workers only: a worker that died (and was replaced) drops out of them.
 """
 
 from __future__ import annotations
@@ -75,19 +76,26 @@ class Metrics:
         self.cache_loads = Counter(
             "sessions_cache_loads", "File reads for cache misses (one per id however many wait).", registry=registry
         )
-        self.sessions = Gauge("sessions_indexed", "Valid sessions indexed.", registry=registry, multiprocess_mode="max")
+        self.sessions = Gauge(
+            "sessions_indexed", "Valid sessions indexed.", registry=registry, multiprocess_mode="livemax"
+        )
         self.invalid_files = Gauge(
-            "sessions_invalid_files", "Session files that are invalid now.", registry=registry, multiprocess_mode="max"
+            "sessions_invalid_files",
+            "Session files that are invalid now.",
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.revision = Gauge(
-            "sessions_store_revision", "Changes applied to the store.", registry=registry, multiprocess_mode="max"
+            "sessions_store_revision", "Changes applied to the store.", registry=registry, multiprocess_mode="livemax"
         )
-        self.ready = Gauge("sessions_ready", "1 once the warm-up is done.", registry=registry, multiprocess_mode="min")
+        self.ready = Gauge(
+            "sessions_ready", "1 once the warm-up is done.", registry=registry, multiprocess_mode="livemin"
+        )
         self.warmup = Gauge(
             "sessions_warmup_duration_seconds",
             "Time the start-up warm-up took.",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.watcher_events = Counter(
             "sessions_watcher_events", "File events reported by the native watcher.", registry=registry
@@ -96,7 +104,7 @@ class Metrics:
             "sessions_watcher_up",
             "1 while the native watcher runs (0 in poll and off modes, or while it is down).",
             registry=registry,
-            multiprocess_mode="min",
+            multiprocess_mode="livemin",
         )
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry

@@ -20,15 +20,18 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
 from app.application import DRAINING, create_app
 from app.httpprotocol import HeadDeadlineHttpProtocol
+from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger("app.server")
 
-APP_FACTORY = "app.application:create_app"
+APP_FACTORY = "app.server:worker_app"
 SWITCH_INTERVAL_S = 0.001
 
 
@@ -80,6 +83,14 @@ def _config(settings: Settings, app: Any, host: str, port: int, workers: int) ->
     )
 
 
+def worker_app() -> Starlette:
+    """The app factory each `--workers` process calls. Workers are spawned, not forked: they
+    inherit the environment but not the logging set up by `python -m app`."""
+    settings = load_settings(os.environ)
+    configure_logging(settings)
+    return create_app(settings, DRAINING)
+
+
 class _DrainingProcess(multiprocess.Process):
     """A uvicorn worker process whose server drains like the single-process one."""
 
@@ -89,6 +100,13 @@ class _DrainingProcess(multiprocess.Process):
             delay = load_settings(os.environ).shutdown_delay_s
             self._server = DrainingServer(self.config, delay, DRAINING)
         return self._server
+
+    def join(self) -> None:
+        super().join()
+        # A dead worker's live gauges (loop lag, sessions, cache...) would otherwise stay in
+        # the sum across workers for ever; its counters stay, as Prometheus expects.
+        if self.pid is not None and (metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+            prometheus_multiprocess.mark_process_dead(self.pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def run(settings: Settings, host: str, port: int, workers: int) -> None:
