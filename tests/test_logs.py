@@ -1,0 +1,220 @@
+"""Structured logs on stdout: one JSON object a line (or readable text), an access line per
+request with its request id, and invalid files logged once per change with the reason."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for, wait_for_scrape
+from tests.support import Server, put_session, wait_until, write_atomic, write_in_place
+
+POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
+GENERATED_ID = re.compile(r"[0-9a-f]{16}")
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def access_lines(server: Server) -> list[dict[str, Any]]:
+    return [entry for entry in server.json_logs() if entry.get("logger") == "app.access"]
+
+
+def access_line_for(server: Server, request_id: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        return next((e for e in access_lines(server) if e.get("request_id") == request_id), None)
+
+    return wait_for(find, 10, f"the access line of request {request_id}")
+
+
+def test_every_stdout_line_is_a_json_object_with_the_common_fields(
+    sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    put_session(sessions_dir, "a")
+    (sessions_dir / "bad.json").write_bytes(b"not json")  # a warning at warm-up
+    server = serve(sessions_dir)
+    for path in ("/api/v2/jobs/a", "/api/v2/jobs/nope", "/api/v2/jobs/..%2F", "/api/v2/jobs", "/metrics", "/nope"):
+        server.raw("GET", path)
+    wait_until(lambda: len(access_lines(server)) >= 6, 10, what="the access lines")
+    lines = server.logs()
+    assert lines
+    levels = set()
+    for line in lines:
+        entry = orjson.loads(line)  # every line, not only those that look like JSON
+        assert isinstance(entry, dict), line
+        assert {"time", "level", "logger", "message"} <= entry.keys(), line
+        assert TIME.fullmatch(entry["time"]), entry["time"]
+        assert entry["level"] in {"debug", "info", "warning", "error", "critical"}, line
+        assert isinstance(entry["message"], str) and entry["message"], line
+        levels.add(entry["level"])
+    assert {"info", "warning"} <= levels
+    loggers = {entry["logger"] for entry in server.json_logs()}
+    assert "uvicorn.access" not in loggers  # one access line a request, ours
+
+
+# (path, route, status) of an access line: the route is the template, the path the raw one.
+ACCESS = [
+    ("/api/v2/jobs/a", JOB_ROUTE, 200),
+    ("/api/v2/jobs/missing-1", JOB_ROUTE, 404),
+    ("/api/v2/jobs/.hidden", JOB_ROUTE, 400),
+    ("/api/v2/jobs?limit=2", LIST_ROUTE, 200),
+    ("/api/v2/jobs/", LIST_ROUTE, 200),
+    ("/livez", "/livez", 200),
+    ("/not/a/route", "unmatched", 404),
+]
+
+
+@pytest.mark.parametrize(("path", "route", "status"), ACCESS)
+def test_an_access_line_per_request(
+    sessions_dir: Path, serve: Callable[..., Server], path: str, route: str, status: int
+) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    response = server.raw("GET", path, headers={"X-Request-ID": "req-0001"})
+    assert response.status_code == status
+    entry = access_line_for(server, "req-0001")
+    assert entry["level"] == "info"
+    assert entry["method"] == "GET"
+    assert entry["route"] == route
+    assert entry["status"] == status
+    assert isinstance(entry["duration_ms"], int | float) and 0 <= entry["duration_ms"] < 10_000
+    assert entry["path"] == path.partition("?")[0]
+    assert [e for e in access_lines(server) if e.get("request_id") == "req-0001"] == [entry]  # exactly one
+
+
+# (sent X-Request-ID, echoed: "same" or "generated")
+REQUEST_IDS = [
+    ("trace-123", "same"),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "same"),
+    ("a" * 128, "same"),
+    ("a" * 129, "generated"),
+    ("x" * 2000, "generated"),
+    ("has space", "generated"),
+    ('quote"and<tag>', "generated"),
+    ("new\\nline", "generated"),
+    ("ünïcode", "generated"),
+    ("", "generated"),
+]
+
+
+@pytest.mark.parametrize(("sent", "echoed"), REQUEST_IDS)
+def test_the_request_id_is_echoed_and_logged(
+    sessions_dir: Path, serve: Callable[..., Server], sent: str, echoed: str
+) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    response = server.raw("GET", "/api/v2/jobs/a", headers={"X-Request-ID": sent})
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    if echoed == "same":
+        assert request_id == sent
+    else:
+        assert GENERATED_ID.fullmatch(request_id), request_id
+    entry = access_line_for(server, request_id)
+    assert entry["route"] == JOB_ROUTE
+    if echoed == "generated" and sent:
+        assert sent not in server.log_path.read_text(errors="replace")  # a rejected id is not logged either
+
+
+def test_a_request_id_is_generated_when_absent_and_differs_per_request(
+    sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    server = serve(sessions_dir)
+    ids = [server.get("/livez").headers["x-request-id"] for _ in range(20)]
+    assert all(GENERATED_ID.fullmatch(request_id) for request_id in ids), ids
+    assert len(set(ids)) == len(ids)
+    for request_id in ids[:3]:
+        assert access_line_for(server, request_id)["route"] == "/livez"
+
+
+@pytest.mark.parametrize("path", ["/api/v2/jobs/nope", "/api/v2/jobs/..%2F..%2Fx", "/api/v2/jobs?limit=abc", "/nope"])
+def test_error_responses_carry_the_request_id_too(sessions_dir: Path, serve: Callable[..., Server], path: str) -> None:
+    server = serve(sessions_dir)
+    response = server.raw("GET", path, headers={"X-Request-ID": "err-42"})
+    assert 400 <= response.status_code < 500
+    assert response.headers["x-request-id"] == "err-42"
+    assert access_line_for(server, "err-42")["status"] == response.status_code
+
+
+def test_text_format_gives_readable_lines(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    put_session(sessions_dir, "a")
+    (sessions_dir / "bad.json").write_bytes(b"[]")
+    server = serve(sessions_dir, env={"SESSIONS_LOG_FORMAT": "text"})
+    server.get("/api/v2/jobs/a", headers={"X-Request-ID": "text-1"})
+
+    def access() -> str | None:
+        return next((line for line in server.logs() if "request_id=text-1" in line), None)
+
+    line = wait_for(access, 10, "the text access line")
+    assert "app.access" in line and "GET /api/v2/jobs/{job_id} 200" in line
+    assert "duration_ms=" in line and "status=200" in line
+    lines = server.logs()
+    assert server.json_logs() == []  # no JSON at all
+    for text in lines:
+        assert not text.startswith("{"), text
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ", text), text
+    assert any("invalid session file" in text and "bad" in text and "not a JSON object" in text for text in lines)
+
+
+def invalid_warnings(server: Server, job_id: str) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in server.json_logs()
+        if entry.get("message") == "invalid session file" and entry.get("job_id") == job_id
+    ]
+
+
+@pytest.mark.parametrize("env", [{}, POLL], ids=["native", "poll"])
+def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
+    sessions_dir: Path, serve: Callable[..., Server], env: dict[str, str]
+) -> None:
+    put_session(sessions_dir, "good")
+    write_atomic(sessions_dir / "bad.json", b"[1, 2]")
+    server = serve(sessions_dir, env={"SESSIONS_RESCAN_INTERVAL_S": "0.05", **env})
+    first = wait_until(lambda: invalid_warnings(server, "bad"), 10, what="the warning at warm-up")
+    assert first[0]["level"] == "warning"
+    assert "not a JSON object" in first[0]["reason"]
+    # Many rescans later, and requests for it, still one line.
+    rescans = scrape(server).value("sessions_rescans_total")
+    for _ in range(3):
+        assert server.get("/api/v2/jobs/bad").status_code == 404
+    wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten rescans")
+    assert len(invalid_warnings(server, "bad")) == 1
+
+    write_in_place(sessions_dir / "bad.json", b'{"job_id": "other"}')  # a change: a new reason
+    second = wait_until(lambda: invalid_warnings(server, "bad")[1:], 10, what="a warning for the change")
+    assert "job_id" in second[0]["reason"]
+    rescans = scrape(server).value("sessions_rescans_total")
+    wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten more rescans")
+    assert len(invalid_warnings(server, "bad")) == 2
+    assert invalid_warnings(server, "good") == []
+
+    # A served session whose file turns invalid: logged once, and says it is still served.
+    write_in_place(sessions_dir / "good.json", b"{")
+    stale = wait_until(lambda: invalid_warnings(server, "good"), 10, what="the stale warning")
+    assert stale[0]["served"] is True
+    assert "JSON" in stale[0]["reason"]
+
+
+def test_the_workers_log_too(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """With --workers N the access lines and warnings come from the worker processes: they must
+    reach stdout in the same format as with one worker."""
+    put_session(sessions_dir, "a")
+    (sessions_dir / "bad.json").write_bytes(b"[]")
+    server = serve(sessions_dir, args=("--workers", "2"))
+    for n in range(4):  # fresh connections, so both workers may answer
+        httpx.get(f"{server.base_url}/api/v2/jobs/a", headers={"X-Request-ID": f"w-{n}"}, timeout=10)
+    for n in range(4):
+        assert access_line_for(server, f"w-{n}")["route"] == JOB_ROUTE
+
+    def serving() -> set[int]:
+        return {e["pid"] for e in server.json_logs() if e["message"] == "serving sessions"}
+
+    assert len(wait_for(lambda: serving() if len(serving()) >= 2 else None, 10, "both workers")) == 2
+    assert len(invalid_warnings(server, "bad")) == 2  # each worker has its own store
+    for line in server.logs():
+        orjson.loads(line)

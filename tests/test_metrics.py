@@ -1,0 +1,406 @@
+"""GET /metrics: Prometheus text, parsed with prometheus-client's own parser, whose figures move
+as requests, cache misses, evictions and file changes happen (SPEC §4 "Probes and operations")."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ops_support import (
+    JOB_ROUTE,
+    LABEL_NAME,
+    LIST_ROUTE,
+    METRIC_NAME,
+    Scrape,
+    assert_histogram_consistent,
+    histogram_buckets,
+    scrape,
+    scrapes_for,
+    wait_for,
+    wait_for_scrape,
+    worker_pids,
+)
+from tests.support import Server, put_session, wait_until, write_atomic, write_in_place
+
+POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
+
+# family name (as the parser reports it, without _total) -> type
+FAMILIES = [
+    ("sessions_http_requests", "counter"),
+    ("sessions_http_request_duration_seconds", "histogram"),
+    ("sessions_cache_entries", "gauge"),
+    ("sessions_cache_bytes", "gauge"),
+    ("sessions_cache_hits", "counter"),
+    ("sessions_cache_misses", "counter"),
+    ("sessions_cache_evictions", "counter"),
+    ("sessions_cache_loads", "counter"),
+    ("sessions_indexed", "gauge"),
+    ("sessions_invalid_files", "gauge"),
+    ("sessions_warmup_duration_seconds", "gauge"),
+    ("sessions_watcher_events", "counter"),
+    ("sessions_changes", "counter"),
+    ("sessions_reload_lag_seconds", "histogram"),
+    ("sessions_rescans", "counter"),
+    ("sessions_event_loop_lag_seconds", "histogram"),
+]
+
+
+def job_requests(scraped: Scrape, status: str = "200", method: str = "GET") -> float:
+    return scraped.value("sessions_http_requests_total", route=JOB_ROUTE, method=method, status=status)
+
+
+# --- the exposition --------------------------------------------------------------------------------
+
+
+def test_the_exposition_parses_and_follows_the_naming_conventions(
+    sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    assert server.get("/api/v2/jobs/a").status_code == 200
+    scraped = wait_for_scrape(server, lambda s: job_requests(s) == 1, what="the request to be counted")
+    assert server.get("/metrics").headers["cache-control"] == "no-store"
+    for family in scraped.families.values():
+        assert METRIC_NAME.fullmatch(family.name), family.name
+        assert family.name.startswith("sessions_"), family.name  # one namespace
+        assert family.documentation, f"{family.name} has no HELP"
+        if family.type == "counter":
+            assert not family.name.endswith("_total"), family.name  # the parser strips it; no _total_total
+            assert {sample.name for sample in family.samples} <= {f"{family.name}_total", f"{family.name}_created"}
+        for sample in family.samples:
+            assert all(LABEL_NAME.fullmatch(label) for label in sample.labels), sample
+        if family.name.endswith("_bytes"):
+            assert family.type == "gauge", family.name
+    # prometheus-client's parser keeps the first of duplicated families: none may be dropped.
+    names = [line.split()[2] for line in scraped.text.splitlines() if line.startswith("# TYPE ")]
+    assert len(names) == len(set(names)), names
+
+
+@pytest.mark.parametrize(("family", "kind"), FAMILIES)
+def test_every_figure_the_spec_names_is_exposed(
+    sessions_dir: Path, serve: Callable[..., Server], family: str, kind: str
+) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    server.get("/api/v2/jobs/a")
+    scraped = wait_for_scrape(server, lambda s: family in s.families, what=family)
+    assert scraped.families[family].type == kind
+
+
+# --- requests ----------------------------------------------------------------------------------------
+
+# (path, route label, status): raw ids and bad paths must collapse to the template.
+REQUESTS = [
+    ("/api/v2/jobs/known-1", JOB_ROUTE, 200),
+    ("/api/v2/jobs/unknown-7f3a9c", JOB_ROUTE, 404),
+    ("/api/v2/jobs/unknown-0b11e2", JOB_ROUTE, 404),
+    ("/api/v2/jobs/..%2Fetc%2Fpasswd", JOB_ROUTE, 400),
+    ("/api/v2/jobs/.hidden", JOB_ROUTE, 400),
+    ("/api/v2/jobs", LIST_ROUTE, 200),
+    ("/api/v2/jobs/", LIST_ROUTE, 200),
+    ("/api/v2/jobs?limit=0", LIST_ROUTE, 400),
+    ("/livez", "/livez", 200),
+    ("/healthz", "/healthz", 200),
+    ("/readyz", "/readyz", 200),
+    ("/openapi.json", "/openapi.json", 200),
+    ("/no/such/route-123abc", "unmatched", 404),
+]
+
+
+def test_requests_are_counted_by_route_template_and_status(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    put_session(sessions_dir, "known-1")
+    server = serve(sessions_dir)
+    before = scrape(server)
+    expected: dict[tuple[str, str], int] = {}
+    for path, route, status in REQUESTS:
+        assert server.raw("GET", path).status_code == status, path
+        expected[(route, str(status))] = expected.get((route, str(status)), 0) + 1
+
+    def moved(scraped: Scrape) -> bool:
+        return all(
+            scraped.value("sessions_http_requests_total", route=route, method="GET", status=status)
+            - before.value("sessions_http_requests_total", route=route, method="GET", status=status)
+            == count
+            for (route, status), count in expected.items()
+        )
+
+    scraped = wait_for_scrape(server, moved, what="every request to be counted under its template")
+    routes = scraped.label_values("route")
+    assert routes <= {JOB_ROUTE, LIST_ROUTE, "/livez", "/healthz", "/readyz", "/metrics", "/openapi.json", "unmatched"}
+    for raw in ("known-1", "unknown-7f3a9c", "unknown-0b11e2", "passwd", ".hidden", "route-123abc", "limit"):
+        assert raw not in scraped.text, f"the raw path piece {raw!r} leaked into the exposition"
+
+
+def test_head_requests_are_counted_under_their_method(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    for _ in range(2):
+        assert server.client.head("/api/v2/jobs/a").status_code == 200
+    wait_for_scrape(server, lambda s: job_requests(s, method="HEAD") == 2, what="HEAD requests")
+
+
+def test_the_latency_histogram_counts_every_request_in_a_bucket(
+    sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    count = 25
+    for _ in range(count):
+        assert server.get("/api/v2/jobs/a").status_code == 200
+    assert server.get("/api/v2/jobs/nope").status_code == 404
+    scraped = wait_for_scrape(server, lambda s: job_requests(s) == count, what="the requests")
+    name = "sessions_http_request_duration_seconds"
+    labels = {"route": JOB_ROUTE, "method": "GET", "status": "200"}
+    assert assert_histogram_consistent(scraped, name, **labels) == count
+    assert assert_histogram_consistent(scraped, name, route=JOB_ROUTE, method="GET", status="404") == 1
+    total = scraped.value(f"{name}_sum", **labels)
+    assert 0 < total < count * 1.0, total  # seconds, not milliseconds
+    bounds = [bound for bound, _ in histogram_buckets(scraped, name, **labels)]
+    assert bounds[0] <= 0.001 and bounds[-2] >= 1.0, bounds  # fine enough for a cache hit, wide enough for a miss
+    # a loopback cache hit takes well under 100 ms: most observations sit in the low buckets
+    under_100ms = dict(histogram_buckets(scraped, name, **labels))[0.1]
+    assert under_100ms >= count * 0.8, histogram_buckets(scraped, name, **labels)
+
+
+def test_a_scrape_is_itself_counted_by_the_next_one(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    server = serve(sessions_dir)
+    first = scrape(server).value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
+    wait_for_scrape(
+        server,
+        lambda s: s.value("sessions_http_requests_total", route="/metrics", method="GET", status="200") >= first + 1,
+        what="the first scrape to be counted",
+    )
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+
+
+def test_cache_hits_misses_and_evictions_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    ids = [f"j{n}" for n in range(5)]
+    for n, job_id in enumerate(ids):
+        put_session(sessions_dir, job_id, updated_at=f"2024-01-0{n + 1}T00:00:00Z")
+    server = serve(sessions_dir, env={"SESSIONS_CACHE_MAX_ENTRIES": "2", "SESSIONS_WATCH": "off"})
+    warm = scrape(server)
+    assert warm.value("sessions_cache_entries") == 2
+    assert warm.value("sessions_indexed") == 5
+
+    for job_id in ids:  # the first round brings each id in once
+        assert server.get(f"/api/v2/jobs/{job_id}").status_code == 200
+    before = scrape(server)
+    bodies = {}
+    # Five ids cycled through an LRU of two: every read of the second round is a miss, a load
+    # from disk, and an eviction.
+    for job_id in ids:
+        response = server.get(f"/api/v2/jobs/{job_id}")
+        assert response.status_code == 200
+        bodies[job_id] = response.content
+    after = scrape(server)
+
+    def delta(name: str) -> float:
+        return after.value(name) - before.value(name)
+
+    assert delta("sessions_cache_misses_total") == 5
+    assert delta("sessions_cache_loads_total") == 5
+    assert delta("sessions_cache_evictions_total") == 5
+    assert delta("sessions_cache_hits_total") == 0
+    assert after.value("sessions_cache_entries") == 2
+    # the two most recently read documents are the cache's bytes
+    assert after.value("sessions_cache_bytes") == len(bodies["j3"]) + len(bodies["j4"])
+
+    for _ in range(3):  # the most recent one again: hits only
+        assert server.get("/api/v2/jobs/j4").status_code == 200
+    again = scrape(server)
+    assert again.value("sessions_cache_hits_total") - after.value("sessions_cache_hits_total") == 3
+    assert again.value("sessions_cache_misses_total") == after.value("sessions_cache_misses_total")
+    assert again.value("sessions_cache_evictions_total") == after.value("sessions_cache_evictions_total")
+
+
+def test_concurrent_misses_for_one_id_load_it_once(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    for n in range(3):
+        put_session(sessions_dir, f"j{n}", updated_at=f"2024-01-0{n + 1}T00:00:00Z")
+    server = serve(sessions_dir, env={"SESSIONS_CACHE_MAX_ENTRIES": "1", "SESSIONS_WATCH": "off"})
+    assert server.get("/api/v2/jobs/j2").status_code == 200  # j0 is evicted now
+    before = scrape(server)
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: client.get("/api/v2/jobs/j0").status_code, range(16)))
+    assert statuses == [200] * 16
+    after = scrape(server)
+    loads = after.value("sessions_cache_loads_total") - before.value("sessions_cache_loads_total")
+    assert 1 <= loads <= after.value("sessions_cache_misses_total") - before.value("sessions_cache_misses_total")
+
+
+# --- the folder --------------------------------------------------------------------------------------
+
+
+def listed(server: Server) -> int:
+    response = server.get("/api/v2/jobs", params={"limit": 1})
+    assert response.status_code == 200
+    return int(response.headers["x-total-count"])
+
+
+@pytest.mark.parametrize("env", [{}, POLL], ids=["native", "poll"])
+def test_sessions_indexed_and_invalid_files_follow_file_changes(
+    sessions_dir: Path, serve: Callable[..., Server], env: dict[str, str]
+) -> None:
+    for n in range(3):
+        put_session(sessions_dir, f"s{n}")
+    server = serve(sessions_dir, env=env)
+
+    def figures(indexed: int, invalid: int) -> Callable[[Scrape], bool]:
+        return lambda s: s.value("sessions_indexed") == indexed and s.value("sessions_invalid_files") == invalid
+
+    # (what happens to the folder, sessions indexed, invalid files) after it
+    steps: list[tuple[str, Callable[[], object], int, int]] = [
+        ("a new session", lambda: put_session(sessions_dir, "s3"), 4, 0),
+        ("a file that is not JSON", lambda: write_atomic(sessions_dir / "bad.json", b"{nope"), 4, 1),
+        ("a second invalid file", lambda: write_atomic(sessions_dir / "arr.json", b"[]"), 4, 2),
+        ("the first one fixed", lambda: put_session(sessions_dir, "bad"), 5, 1),
+        ("the second one deleted", lambda: (sessions_dir / "arr.json").unlink(), 5, 0),
+        ("a session deleted", lambda: (sessions_dir / "s0.json").unlink(), 4, 0),
+        ("a served session turns invalid (stale)", lambda: write_in_place(sessions_dir / "s1.json", b"{"), 4, 1),
+        ("and valid again", lambda: put_session(sessions_dir, "s1"), 4, 0),
+    ]
+    assert wait_for_scrape(server, figures(3, 0), what="the warm figures")
+    for what, change, indexed, invalid in steps:
+        change()
+        wait_for_scrape(server, figures(indexed, invalid), what=f"{what}: indexed {indexed}, invalid {invalid}")
+        assert listed(server) == indexed, what  # the gauge agrees with the list
+
+
+def test_warm_up_duration_is_set(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    for n in range(200):
+        put_session(sessions_dir, f"w{n:03d}")
+    server = serve(sessions_dir)
+    scraped = scrape(server)
+    seconds = scraped.value("sessions_warmup_duration_seconds")
+    assert 0 < seconds < 60, seconds
+    assert scraped.value("sessions_ready") == 1
+    assert scraped.value("sessions_indexed") == 200
+
+
+# --- the watcher -------------------------------------------------------------------------------------
+
+
+def test_native_watcher_events_changes_and_reload_lag_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir, env={"SESSIONS_RESCAN_INTERVAL_S": "0"})
+    before = wait_for_scrape(server, lambda s: s.value("sessions_watcher_up") == 1, what="the native watcher")
+
+    def moved(name: str, by: float = 1, **labels: str) -> Callable[[Scrape], bool]:
+        return lambda s: s.value(name, **labels) - before.value(name, **labels) >= by
+
+    put_session(sessions_dir, "b")
+    wait_for_scrape(server, moved("sessions_watcher_events_total"), what="watcher events")
+    wait_for_scrape(server, moved("sessions_changes_total", change="added"), what="an added change")
+    after = wait_for_scrape(server, moved("sessions_reload_lag_seconds_count"), what="a reload lag")
+    count = assert_histogram_consistent(after, "sessions_reload_lag_seconds")
+    assert count >= 1
+    assert 0 <= after.value("sessions_reload_lag_seconds_sum") < 5 * count  # freshness: well under a second each
+
+    put_session(sessions_dir, "a", status="completed")
+    wait_for_scrape(server, moved("sessions_changes_total", change="modified"), what="a modified change")
+    (sessions_dir / "b.json").unlink()
+    wait_for_scrape(server, moved("sessions_changes_total", change="deleted"), what="a deleted change")
+    final = scrape(server)
+    assert final.value("sessions_rescans_total") == 0  # rescans off: the events did it all
+    assert final.value("sessions_reload_lag_seconds_count") >= before.value("sessions_reload_lag_seconds_count") + 2
+
+
+def test_poll_mode_rescans_and_changes_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    server = serve(sessions_dir, env=POLL)
+    before = scrape(server)
+    assert before.value("sessions_watcher_up") == 0  # no native watcher in poll mode
+    wait_for_scrape(
+        server,
+        lambda s: s.value("sessions_rescans_total") >= before.value("sessions_rescans_total") + 3,
+        what="rescans every 50 ms",
+    )
+    put_session(sessions_dir, "p")
+    after = wait_for_scrape(
+        server,
+        lambda s: (
+            s.value("sessions_changes_total", change="added") == 1 and s.value("sessions_reload_lag_seconds_count") >= 1
+        ),
+        what="the poll to find the new file",
+    )
+    assert after.value("sessions_rescan_duration_seconds_total") > 0
+    assert after.value("sessions_reload_lag_seconds_sum") < 5
+
+
+# --- the event loop ------------------------------------------------------------------------------------
+
+
+def test_event_loop_lag_histogram_is_measured(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    server = serve(sessions_dir)
+    first = scrape(server).value("sessions_event_loop_lag_seconds_count")
+    scraped = wait_for_scrape(
+        server,
+        lambda s: s.value("sessions_event_loop_lag_seconds_count") >= first + 2,
+        what="the monitor to measure the lag",
+    )
+    count = assert_histogram_consistent(scraped, "sessions_event_loop_lag_seconds")
+    # an idle loop is late by far less than a second on average
+    assert scraped.value("sessions_event_loop_lag_seconds_sum") < count * 1.0
+
+
+# --- several workers -----------------------------------------------------------------------------------
+
+
+def test_requests_add_up_across_workers(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    for n in range(3):
+        put_session(sessions_dir, f"m{n}")
+    server = serve(sessions_dir, args=("--workers", "2"))
+    scrapes = 0
+
+    def count_scrapes(request: httpx.Request) -> None:
+        nonlocal scrapes
+        scrapes += request.url.path == "/metrics"
+
+    server.client.event_hooks["request"].append(count_scrapes)
+    wait_until(lambda: len(worker_pids(server)) == 2, 30, what="two workers")
+    wait_for_scrape(server, lambda s: s.value("sessions_cache_entries") == 6, 30, what="both caches warm")
+    count = 60
+    # A fresh connection a request, so that both workers take some (a kept-alive connection
+    # stays with one worker).
+    for n in range(count):
+        response = httpx.get(f"{server.base_url}/api/v2/jobs/m{n % 3}", timeout=10)
+        assert response.status_code == 200
+
+    def added_up(scraped: Scrape) -> bool:
+        # every earlier scrape is counted once the worker that answered it has published it
+        metrics_counted = scraped.value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
+        return job_requests(scraped) == count and metrics_counted == scrapes - 1
+
+    # Each worker publishes its requests within a monitor tick (0.25 s): scrape less often.
+    scraped = wait_for_scrape(server, added_up, 20, what="the requests of both workers to add up", interval=0.5)
+    labels = {"route": JOB_ROUTE, "method": "GET", "status": "200"}
+    assert assert_histogram_consistent(scraped, "sessions_http_request_duration_seconds", **labels) == count
+    assert scraped.total("sessions_http_requests_total", route=JOB_ROUTE) == count
+    # figures every worker shares are not doubled; per-worker cache sizes add up
+    assert scraped.value("sessions_indexed") == 3
+    assert scraped.value("sessions_cache_entries") == 6
+    hits = scraped.value("sessions_cache_hits_total")
+    assert hits == count, hits  # every read was a hit, in one worker or the other
+
+
+def test_a_restarted_worker_is_not_counted_twice(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    for n in range(3):
+        put_session(sessions_dir, f"m{n}")
+    server = serve(sessions_dir, args=("--workers", "2"))
+    pids = wait_for(lambda: worker_pids(server) if len(worker_pids(server)) == 2 else None, 30, "two workers")
+    wait_for_scrape(server, lambda s: s.value("sessions_cache_entries") == 6, what="both caches warm")
+    os.kill(sorted(pids)[0], signal.SIGKILL)  # a crashed worker: uvicorn starts another
+    wait_until(lambda: len(worker_pids(server) - pids) == 1, 60, what="a replacement worker")
+    wait_until(lambda: server.get("/readyz").status_code == 200, 30)
+    # The dead worker's cache is gone with it: its gauges must not be summed any more. Watch the
+    # sum for several monitor ticks (0.25 s): it may dip while the replacement warms up, but it
+    # never counts the dead worker (above 6), and it ends with the two live caches.
+    entries = [s.value("sessions_cache_entries") for s in scrapes_for(server, 3.0)]
+    assert max(entries) <= 6 and entries[-1] == 6, entries
