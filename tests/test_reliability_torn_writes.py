@@ -85,8 +85,10 @@ def test_a_large_session_rewritten_in_place_is_never_served_torn(
             thread.join(30)
     assert not any(thread.is_alive() for thread in readers)
     assert not torn, torn[:5]
-    assert outcomes["fresh"] > 50, outcomes  # the readers really were reading throughout
-    assert len(seen) >= VERSIONS // 2, (sorted(seen), outcomes)  # and saw the versions go by
+    # the readers really were reading throughout (a count, not a rate: a loaded machine reads
+    # 1.2 MB bodies slowly), and saw the versions go by
+    assert sum(outcomes.values()) >= 2 * VERSIONS, outcomes
+    assert len(seen) >= VERSIONS // 2, (sorted(seen), outcomes)
     if not env:
         assert outcomes["503"] == 0, outcomes  # with the cache, the last version is served instead
     assert server.get("/livez").status_code == 200
