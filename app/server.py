@@ -9,6 +9,7 @@ A second signal skips the delay.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
 from app.application import DRAINING, create_app
-from app.httpprotocol import HeadDeadlineHttpProtocol
+from app.httpprotocol import HeadDeadlineHttpProtocol, close_late_heads
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
@@ -55,8 +56,13 @@ class DrainingServer(uvicorn.Server):
         self._drain_deadline = time.monotonic() + self._shutdown_delay_s
 
     async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 100 ms
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
             self.should_exit = True
+        if counter % 10 == 0:
+            close_late_heads(
+                self.server_state.connections, asyncio.get_running_loop().time(), self.config.timeout_keep_alive
+            )
         return await super().on_tick(counter)
 
 
