@@ -1,14 +1,18 @@
-"""uvicorn's httptools protocol, with a deadline on reading a request's head.
+"""uvicorn's httptools protocol, with a deadline and a size bound on reading a request.
 
-uvicorn arms its keep-alive timer only after a response, and cancels it on the first byte: a
-client that connects and sends nothing, or half a request line, or headers it never finishes,
-holds its connection (and a file descriptor) forever. Enough of them, and a container's
-descriptor limit stops the server from accepting anyone. Here a connection must complete each
-request head within the keep-alive timeout (SESSIONS_KEEPALIVE_S) of it starting, or is closed.
-Bodies are not timed: this API has no request bodies to wait for.
+uvicorn arms its keep-alive timer only after a response, and cancels it on every byte received:
+a client that connects and sends nothing, or half a request line, or headers it never finishes,
+or a body one byte at a time, holds its connection (and a file descriptor) forever. Enough of
+them, and a container's descriptor limit stops the server from accepting anyone. Here a request
+must arrive whole within the keep-alive timeout (SESSIONS_KEEPALIVE_S) of its first byte (of the
+connection, for a first request), or the connection is closed.
 
-A connection only notes when its pending head began; the server sweeps its connections once a
-second (`close_late_heads`). A timer per request would cost a cache hit a few percent.
+httptools, unlike h11, puts no bound on a request head either: one client sending a header of
+hundreds of megabytes would have it buffered whole. A head over MAX_HEAD_BYTES is answered 431
+and the connection closed.
+
+A connection only notes when its pending request began; the server sweeps its connections once
+a second (`close_stalled_requests`): a timer per request would cost a cache hit a few percent.
 """
 
 from __future__ import annotations
@@ -16,37 +20,80 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+MAX_HEAD_BYTES = 64 * 1024
 
-class HeadDeadlineHttpProtocol(HttpToolsProtocol):
-    # loop.time() when the request head being read began; None between requests.
-    head_started: float | None = None
+_TOO_LARGE_BODY = orjson.dumps(
+    {
+        "type": "about:blank",
+        "title": "Request Header Fields Too Large",
+        "status": 431,
+        "detail": f"a request line and headers are limited to {MAX_HEAD_BYTES} bytes",
+    }
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"content-length: %d\r\n"
+    b"connection: close\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+)
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    # loop.time() when the request being read began; None once it has been read whole.
+    request_started: float | None = None
+    # Bytes received since the current request head began; -1 once the head is complete, -2
+    # once it has been refused (what still arrives is dropped).
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.head_started = self.loop.time()
+        self.request_started = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes >= 0:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+        elif self._head_bytes == -2:
+            return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.head_started is None:  # the next request on a kept-alive connection
-            self.head_started = self.loop.time()
+        if self.request_started is None:  # the next request on a kept-alive connection
+            self.request_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self.head_started = None
+        self._head_bytes = -1
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self.request_started = None
+        self._head_bytes = 0  # what comes next is the next request's head
+        super().on_message_complete()
 
-def close_late_heads(connections: Iterable[object], now: float, timeout_s: float) -> int:
-    """Close the connections whose pending request head began more than `timeout_s` ago; how
-    many were closed."""
+    def _refuse_head(self) -> None:
+        self._head_bytes = -2
+        self.request_started = None
+        if not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+
+def close_stalled_requests(connections: Iterable[object], now: float, timeout_s: float) -> int:
+    """Close the connections whose pending request began more than `timeout_s` ago and has not
+    arrived whole; how many were closed."""
     closed = 0
     for connection in list(connections):
-        if not isinstance(connection, HeadDeadlineHttpProtocol):
+        if not isinstance(connection, BoundedHttpProtocol):
             continue
-        started = connection.head_started
+        started = connection.request_started
         if started is not None and now - started > timeout_s and not connection.transport.is_closing():
-            connection.head_started = None
+            connection.request_started = None
             connection.transport.close()
             closed += 1
     return closed

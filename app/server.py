@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
 from app.application import DRAINING, create_app
-from app.httpprotocol import HeadDeadlineHttpProtocol, close_late_heads
+from app.httpprotocol import BoundedHttpProtocol, close_stalled_requests
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
@@ -60,7 +60,7 @@ class DrainingServer(uvicorn.Server):
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
             self.should_exit = True
         if counter % 10 == 0:
-            close_late_heads(
+            close_stalled_requests(
                 self.server_state.connections, asyncio.get_running_loop().time(), self.config.timeout_keep_alive
             )
         return await super().on_tick(counter)
@@ -74,18 +74,18 @@ def _config(settings: Settings, app: Any, host: str, port: int, workers: int) ->
         port=port,
         workers=workers,
         loop="uvloop",
-        http=HeadDeadlineHttpProtocol,
+        http=BoundedHttpProtocol,
         lifespan="on",
         log_config=None,  # app.logs configured logging already
         access_log=False,  # app.access writes one structured line per request
         server_header=False,
         proxy_headers=False,
         # Longer than the load balancer's idle timeout, or it reuses a closed connection: 502.
-        # An idle client holding a connection open and silent is closed after it too.
-        timeout_keep_alive=int(settings.keepalive_s),
+        # A request must also arrive whole within it (app.httpprotocol). uvicorn types these
+        # two as int but uses them as timeouts, where a fraction of a second works.
+        timeout_keep_alive=settings.keepalive_s,  # type: ignore[arg-type]
         # Without it uvicorn waits forever for requests in flight at shutdown.
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
-        h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,  # type: ignore[arg-type]
     )
 
 

@@ -171,6 +171,70 @@ def test_silent_clients_cannot_hold_the_server(sessions_dir: Path, serve: Callab
     assert server.get("/livez").status_code == 200
 
 
+def rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """httptools has no bound on a head: without one, a client sending a header of hundreds of
+    megabytes has it buffered whole (and a few such clients exhaust a container's memory)."""
+    put_session(sessions_dir, "j")
+    server = serve(sessions_dir, env={"SESSIONS_LOG_LEVEL": "warning"})
+    pid = server.process.pid
+    before = rss_bytes(pid)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 64 * 2**20:  # 64 MiB of one header, unless the server hangs up first
+                sock.sendall(b"v" * 2**20)
+                sent += 2**20
+        except OSError:
+            pass  # refused and closed: what should happen
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert sent < 64 * 2**20, "the server kept reading a 64 MiB header"
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"application/problem+json" in answer
+    assert rss_bytes(pid) < before + 16 * 2**20, (before, rss_bytes(pid))
+    assert server.get("/api/v2/jobs/j").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_a_body_trickled_byte_by_byte_is_cut_off(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """Each byte received cancels uvicorn's keep-alive timer: a request whose body trickles in
+    must still arrive whole within SESSIONS_KEEPALIVE_S, or its connection is closed."""
+    put_session(sessions_dir, "j")
+    keepalive = 2
+    server = serve(sessions_dir, env={"SESSIONS_KEEPALIVE_S": str(keepalive), "SESSIONS_LOG_LEVEL": "warning"})
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=1) as sock:
+        sock.sendall(b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < keepalive + 10:
+            try:
+                sock.sendall(b"x")
+                if sock.recv(65536) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue  # nothing to read yet: trickle on
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, "a trickled body held its connection"
+    assert closed_after < keepalive + 5, closed_after
+    assert server.get("/livez").status_code == 200
+
+
 def test_the_server_never_serves_a_file_outside_its_folder(tmp_path: Path, serve: Callable[..., Server]) -> None:
     folder = tmp_path / "sessions"
     folder.mkdir()
