@@ -106,9 +106,10 @@ class NativeWatcher:
                     self._pending.request_rescan()
             if changes:
                 self.events += len(changes)
-                if any(path == root for _, path in changes):
+                if (watchfiles.Change.deleted, root) in changes:
                     # The folder itself was removed (a new one may reuse its inode, so the
-                    # identity check below cannot see it): watch afresh.
+                    # identity check below cannot see it): watch afresh. Other events on it
+                    # (touch, chmod, rsync -a) are no reason to.
                     return
                 job_ids = {job_id for _, path in changes if (job_id := job_id_for(os.path.basename(path))) is not None}
                 if job_ids:

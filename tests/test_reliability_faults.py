@@ -179,6 +179,22 @@ def test_sessions_folder_deleted_or_replaced_while_serving(
     eventually_agrees(server, folder)
 
 
+def test_touching_the_folder_itself_is_no_fault(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """touch, chmod and rsync -a change the folder's own metadata: an event on the folder that is
+    no deletion must not stop the watch (an error, the watcher-up alert, rescans)."""
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir)
+    wait_until(lambda: metric(server, "sessions_watcher_up") == 1, 10, what="the native watcher")
+    for n in range(3):
+        os.utime(sessions_dir)
+        sessions_dir.chmod(0o750 if n % 2 else 0o755)
+        put_session(sessions_dir, f"after-{n}")  # and events keep arriving on the same watch
+        wait_until(lambda n=n: f"after-{n}" in listed(server), 3, what="a change seen by native events")
+    assert metric(server, "sessions_watcher_restarts_total") == 0
+    assert metric(server, "sessions_watcher_up") == 1
+    assert not logged(server, "native watcher down")
+
+
 # --- files the service must not serve ------------------------------------------------------------------
 
 
