@@ -32,6 +32,7 @@ from app.store import SessionStore
 logger = logging.getLogger("app")
 
 LOADER_THREADS = 4
+READ_METHODS = ["GET", "HEAD"]
 STOP_TIMEOUT_S = 10.0
 
 # Set by the server on SIGTERM: readiness turns 503 while requests are still served. A process
@@ -108,11 +109,12 @@ def create_app(settings: Settings | None = None, draining: threading.Event | Non
         Route("/api/v2/jobs/{job_id:jobpath}", job),
         Route("/api/v2/jobs", job_list),
         Route("/api/v2/jobs/", job_list),
-        Route("/livez", live),
-        Route("/healthz", live),
-        Route("/readyz", ReadinessEndpoint()),
-        Route("/metrics", MetricsEndpoint()),
-        Route("/openapi.json", OpenAPIEndpoint()),
+        # The rest are plain endpoints: only GET (and HEAD) may reach them, others are a 405.
+        Route("/livez", live, methods=READ_METHODS),
+        Route("/healthz", live, methods=READ_METHODS),
+        Route("/readyz", ReadinessEndpoint(), methods=READ_METHODS),
+        Route("/metrics", MetricsEndpoint(), methods=READ_METHODS),
+        Route("/openapi.json", OpenAPIEndpoint(), methods=READ_METHODS),
     ]
     middleware = [Middleware(RequestObserver, metrics=metrics)]
     if settings.api_token is not None:

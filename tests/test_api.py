@@ -132,6 +132,12 @@ def test_other_methods_are_405(server: Server) -> None:
     assert_problem(response, 405)
     assert "GET" in response.headers["allow"]
     assert_problem(server.client.delete("/api/v2/jobs"), 405)
+    for path in ["/livez", "/healthz", "/readyz", "/metrics", "/openapi.json"]:
+        for method in ["POST", "PUT", "DELETE", "PATCH"]:
+            response = server.client.request(method, path)
+            assert_problem(response, 405)
+            assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}, (method, path)
+        assert server.client.head(path).status_code == 200, path
 
 
 # --- the list ------------------------------------------------------------------------------------
