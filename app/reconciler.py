@@ -109,7 +109,7 @@ class Reconciler:
                     job_ids |= self._retry
                     self._retry = set()
                 for job_id in job_ids:
-                    self._reconcile(job_id, force=True)
+                    self._reconcile_one(job_id)
                 if rescan or (interval and time.monotonic() >= next_rescan):
                     self._rescan()
                     next_rescan = time.monotonic() + self._rescan_interval()
@@ -150,7 +150,12 @@ class Reconciler:
             self.pending.request_rescan()
         batch: list[LoadedFile] = []
         for job_id in job_ids:
-            loaded = self._read(job_id)
+            try:
+                loaded = self._read(job_id)
+            except Exception:  # one surprise must not leave the service warming for ever
+                logger.exception("cannot read a session file; will retry", extra={"job_id": job_id})
+                self._retry.add(job_id)
+                continue
             if loaded is None:
                 continue
             batch.append(loaded)
@@ -174,10 +179,19 @@ class Reconciler:
     def _list(self) -> list[str]:
         """The job ids of the folder's session files, in directory order, without a stat each:
         reading the file gives its metadata anyway."""
+        job_ids = []
         with os.scandir(self.root) as entries:
-            return [
-                job_id for entry in entries if (job_id := job_id_for(entry.name)) is not None and not entry.is_dir()
-            ]
+            for entry in entries:
+                job_id = job_id_for(entry.name)
+                if job_id is None:
+                    continue
+                try:
+                    if entry.is_dir():
+                        continue
+                except OSError:
+                    pass  # a link loop raises: not a folder; reading it says what it is
+                job_ids.append(job_id)
+        return job_ids
 
     # --- rescans -------------------------------------------------------------------------------------
 
@@ -189,14 +203,9 @@ class Reconciler:
                 job_id = job_id_for(entry.name)
                 if job_id is None:
                     continue
-                try:
-                    st = entry.stat()  # follows links: a link's target is the file
-                except FileNotFoundError:
-                    if not entry.is_symlink():
-                        continue  # deleted since listed
-                    st = entry.stat(follow_symlinks=False)  # a dangling link: invalid
-                except OSError:
-                    st = entry.stat(follow_symlinks=False)  # a link loop: invalid
+                st = _stat_following_links(entry.path)
+                if st is None:
+                    continue  # deleted since listed
                 if stat.S_ISDIR(st.st_mode):
                     continue  # a sub-folder, whatever its name
                 found[job_id] = signature(st)
@@ -220,13 +229,22 @@ class Reconciler:
         store = self.store
         for job_id, sig in listing.items():
             if store.signature(job_id) != sig or store.is_racy(job_id):
-                self._reconcile(job_id, force=True)
+                self._reconcile_one(job_id)
         for job_id in store.job_ids() - listing.keys():
-            self._reconcile(job_id, force=True)
+            self._reconcile_one(job_id)
         self.stats.rescans += 1
         self.stats.rescan_seconds += time.monotonic() - started
 
     # --- one file ------------------------------------------------------------------------------------
+
+    def _reconcile_one(self, job_id: str) -> None:
+        """`_reconcile`, where a surprise (a bug, an error no rule expected) costs this id a
+        retry, not the rest of the batch or the rescan."""
+        try:
+            self._reconcile(job_id, force=True)
+        except Exception:
+            logger.exception("cannot reconcile a session file; will retry", extra={"job_id": job_id})
+            self._retry.add(job_id)
 
     def _reconcile(self, job_id: str, *, force: bool) -> None:
         """Make the store agree with the file `<job_id>.json` as it is now."""
@@ -271,11 +289,8 @@ class Reconciler:
         except FileNotFoundError:
             self._applied(self.store.apply_deleted(job_id), job_id)
         except InvalidSessionFile as exc:
-            if st is None:
-                try:
-                    st = os.lstat(os.path.join(self.root, job_id + sessionfile.SUFFIX))
-                except OSError:
-                    st = None
+            if st is None:  # the same signature a rescan will see, or it would see a change
+                st = _stat_following_links(os.path.join(self.root, job_id + sessionfile.SUFFIX))
             self._invalid(job_id, st, exc.reason)
         except TransientReadError as exc:
             self._transient(job_id, str(exc))
@@ -303,3 +318,17 @@ class Reconciler:
             return
         self.stats.changes[change.value] = self.stats.changes.get(change.value, 0) + 1
         self.on_change(change, job_id)
+
+
+def _stat_following_links(path: str) -> os.stat_result | None:
+    """The file's metadata, a link's target's; the link's own where it leads nowhere (dangling,
+    a loop) or cannot be followed; None if the name is gone. Scans, reads and reconciles all
+    use this rule, so that one file version has one signature."""
+    try:
+        return os.stat(path)
+    except OSError:
+        pass
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None

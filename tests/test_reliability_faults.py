@@ -319,6 +319,27 @@ def test_links_that_loop_lead_outside_or_are_not_files(tmp_path: Path, serve: Ca
     assert server.get("/api/v2/jobs/moving").headers.get("x-session-stale") is None
 
 
+def test_bad_links_present_at_start_are_warmed_and_logged_once(tmp_path: Path, serve: Callable[..., Server]) -> None:
+    """The warm-up and the rescans must give a link one signature (its target's, or its own
+    when it leads nowhere), or every first rescan sees a change: a second log line and count."""
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    (tmp_path / "secret.json").write_bytes(encode(session_doc("secret")))
+    (folder / "outside.json").symlink_to(tmp_path / "secret.json")
+    (folder / "dangling.json").symlink_to(folder / "nowhere")
+    (folder / "loop.json").symlink_to("loop.json")
+    (folder / "broken.json").write_bytes(b"{")
+    put_session(folder, "valid")
+    server = serve(folder, env={"SESSIONS_RESCAN_INTERVAL_S": "0.2"})
+    # ready means warm: one bad link must not make the warm-up skip the folder
+    assert listed(server) == ["valid"]
+    assert not logged(server, "cannot list the sessions folder")
+    wait_until(lambda: metric(server, "sessions_rescans_total") >= 3, 10, what="three rescans")
+    for job_id in ("outside", "dangling", "loop", "broken"):
+        assert len(logged(server, "invalid session file", job_id=job_id)) == 1, job_id
+    assert metric(server, "sessions_changes_total", change="invalid") == 4
+
+
 def test_names_that_are_not_utf8(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     put_session(sessions_dir, "marker")
     server = serve(sessions_dir)
