@@ -59,12 +59,15 @@ class Entry:
 class Invalid:
     """A session file that is invalid now."""
 
-    __slots__ = ("signature", "reason", "pinned")
+    __slots__ = ("signature", "reason", "pinned", "loader_gave_up")
 
     def __init__(self, signature: int, reason: str, pinned: Document | None) -> None:
         self.signature = signature
         self.reason = reason
         self.pinned = pinned  # the last valid document, kept outside the LRU while stale
+        # Without a pinned version, the loader reads the file again (a writer is likely
+        # mid-write); once it has given up, requests get a 503 at once until the file changes.
+        self.loader_gave_up = False
 
 
 class SessionStore:
@@ -100,6 +103,11 @@ class SessionStore:
                 # The last valid version had been evicted before the file turned invalid. A
                 # writer is most likely mid-write: let the loader read it again (with its
                 # retries) rather than answer 503 for what is a millisecond-long state.
+                if invalid.loader_gave_up:
+                    raise TemporarilyUnavailable(
+                        f"the file for {job_id!r} is invalid ({invalid.reason}) and its last valid "
+                        "version is no longer in memory"
+                    )
                 return None, False
             return invalid.pinned, True
         if entry is None:
@@ -138,6 +146,10 @@ class SessionStore:
                 raise SessionNotFound(f"no session {job_id!r}") from None
             except InvalidSessionFile as exc:
                 if delay is None:
+                    with self._lock:
+                        invalid = self._invalid.get(job_id)
+                        if invalid is not None:
+                            invalid.loader_gave_up = True
                     self.on_suspect(job_id)
                     raise TemporarilyUnavailable(
                         f"the file for {job_id!r} is being changed ({exc.reason}); try again"
@@ -256,6 +268,7 @@ class SessionStore:
             self.revision += 1
             if invalid is not None:
                 invalid.signature, invalid.reason = signature, reason
+                invalid.loader_gave_up = False  # a new version: worth reading again
             else:
                 # Keep serving the last valid version, pinned outside the LRU so that it cannot
                 # be evicted while the file stays invalid.

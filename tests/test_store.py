@@ -212,6 +212,12 @@ def test_stale_session_whose_last_version_was_evicted_goes_to_the_loader(tmp_pat
     (tmp_path / "a.json").write_bytes(b"{")
     with pytest.raises(TemporarilyUnavailable, match="being changed"):
         store.load_missing("a")
+    # The loader gave up: until the file changes, a 503 at once, without tying up a loader
+    # thread for its retries on every request.
+    with pytest.raises(TemporarilyUnavailable, match="no longer in memory"):
+        store.lookup("a")
+    store.apply_invalid("a", 6, False, "not JSON")  # a new version, still invalid
+    assert store.lookup("a") == (None, False)  # worth reading again
 
 
 def test_cache_is_bounded_by_entries(tmp_path: Path) -> None:
