@@ -78,7 +78,10 @@ def parse_list_query(query_string: bytes) -> ListQuery:
                 if len(statuses) > MAX_STATUSES:
                     raise BadRequest(f"at most {MAX_STATUSES} statuses")
         elif name == "user_id":
-            user_id = value or None
+            if not value:
+                # Not "no filter": a client that forgot to fill it in would get everyone's.
+                raise BadRequest("user_id must not be empty (leave it out to list every user's)")
+            user_id = value
         elif name == "include_saved":
             if value.lower() not in _BOOLEANS:
                 raise BadRequest(f"include_saved must be true, false, 1 or 0, not {value[:40]!r}")

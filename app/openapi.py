@@ -76,7 +76,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 "description": "Comma-separated statuses to keep.",
                 "schema": {"type": "string"},
             },
-            {"name": "user_id", "in": "query", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "user_id",
+                "in": "query",
+                "required": False,
+                "description": "Only this user's sessions.",
+                "schema": {"type": "string", "minLength": 1},
+            },
             {
                 "name": "include_saved",
                 "in": "query",

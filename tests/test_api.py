@@ -244,6 +244,7 @@ def test_pages_are_stable_while_sessions_change(sessions_dir: Path, serve: Calla
         "include_saved=",
         "include_saved=TRUE1",
         "status=%ff",
+        "user_id=",  # not "every user's": a client that forgot to fill it in
     ],
 )
 def test_bad_list_parameters_are_400(server: Server, query: str) -> None:
