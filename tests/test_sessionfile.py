@@ -170,6 +170,8 @@ def test_missing_file(tmp_path: Path) -> None:
         ("2024-01-01T00:00:00", None),  # no offset: not RFC 3339
         ("2024-01-01", None),
         ("2024-01-01T00:00:00+25:00", None),
+        ("\uff12\uff10\uff12\uff14-01-01T00:00:00Z", None),  # full-width digits: not RFC 3339
+        ("2024-01-01T00:00:00.\u0661\u0662Z", None),  # Arabic-Indic digits in the fraction
         (1700000000, None),
         (None, None),
     ],
