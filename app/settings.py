@@ -107,9 +107,13 @@ def _sessions_dir(environ: Mapping[str, str]) -> Path:
 def _api_token(environ: Mapping[str, str]) -> str | None:
     token = environ.get("SESSIONS_API_TOKEN")
     token_file = environ.get("SESSIONS_API_TOKEN_FILE")
-    if token and token_file:
+    if token is not None and token_file is not None:
         raise SettingsError("SESSIONS_API_TOKEN_FILE", "set either it or SESSIONS_API_TOKEN, not both")
-    if token_file:
+    if token_file is not None:
+        # Set but empty (a template that rendered nothing) fails closed: an open API is never
+        # what someone who set the variable meant.
+        if not token_file.strip():
+            raise SettingsError("SESSIONS_API_TOKEN_FILE", "is set but empty")
         try:
             # A Kubernetes secret mount usually ends in a newline that is not part of the token.
             token = Path(token_file).read_text(encoding="utf-8").strip()

@@ -68,6 +68,7 @@ BAD_SETTINGS = [
     ("SESSIONS_GRACEFUL_TIMEOUT_S", "soon", "number of seconds"),
     ("SESSIONS_API_TOKEN", "   ", "empty"),
     ("SESSIONS_API_TOKEN_FILE", "/no/such/token", "cannot read"),
+    ("SESSIONS_API_TOKEN_FILE", "", "set but empty"),  # fails closed, not an open API
 ]
 
 
