@@ -8,6 +8,7 @@ however many requests wait for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
 from concurrent.futures import Executor
 
@@ -41,9 +42,16 @@ class MissLoader:
             self.loads += 1
             future = asyncio.get_running_loop().run_in_executor(self._executor, self._store.load_missing, job_id)
             self._in_flight[job_id] = future
-            future.add_done_callback(lambda _: self._in_flight.pop(job_id, None))
+            future.add_done_callback(functools.partial(self._done, job_id))
         # shield: one waiter giving up (a client that disconnects) must not cancel the others'.
         return await asyncio.shield(future)
+
+    def _done(self, job_id: str, future: asyncio.Future[Document]) -> None:
+        self._in_flight.pop(job_id, None)
+        if not future.cancelled():
+            # Retrieved here, so that a failure whose only waiter disconnected is not logged
+            # as "Future exception was never retrieved": the waiters that remain get it.
+            future.exception()
 
 
 def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
