@@ -10,7 +10,16 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import RawResponse, Server, encode, put_session, session_doc, start_server, write_atomic
+from tests.support import (
+    RawResponse,
+    Server,
+    encode,
+    put_session,
+    session_doc,
+    start_server,
+    wait_until,
+    write_atomic,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -220,6 +229,7 @@ def test_pages_are_stable_while_sessions_change(sessions_dir: Path, serve: Calla
     assert ids(first) == ["c3", "d4", "a1"]
     # a session that sorts before the cursor appears: the next page neither repeats nor skips
     write_atomic(folder / "z9.json", encode(session_doc("z9", updated_at="2030-01-01T00:00:00Z")))
+    wait_until(lambda: server.get("/api/v2/jobs?limit=1").headers["x-total-count"] == "7", 10, what="z9 applied")
     link = first.headers["link"]
     rest = server.get(link[1 : link.index(">")])
     assert ids(rest) == ["b2", "e5", "f6"]

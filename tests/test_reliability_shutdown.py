@@ -40,10 +40,10 @@ def read_response(sock: socket.socket, data: bytes = b"", pace_s: float = 0.0) -
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("delay", ["0", "1"], ids=["no delay", "1 s delay"])
+@pytest.mark.parametrize("delay", ["0", "3"], ids=["no delay", "3 s delay"])
 def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], delay: str) -> None:
     (sessions_dir / "big.json").write_bytes(BIG)
-    server = serve(sessions_dir, env={"SESSIONS_SHUTDOWN_DELAY_S": delay, "SESSIONS_LOG_LEVEL": "warning"})
+    server = serve(sessions_dir, env={"SESSIONS_SHUTDOWN_DELAY_S": delay})
     host, port = server.base_url.removeprefix("http://").split(":")
     address = (host, int(port))
 
@@ -59,6 +59,7 @@ def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], de
     stop = threading.Event()
     broken: list[str] = []
     completed = [0]
+    drain_ends = [float("inf")]  # until then the server must keep accepting and answering
 
     def hammer() -> None:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
@@ -75,8 +76,11 @@ def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], de
                     # keep-alive connection closed as the next request was on its way, which
                     # the kernel reports as a reset: a GET the client may retry (RFC 9112
                     # 9.3.1). After it began, a broken response.
-                    if started or not isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError):
+                    refused = isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError)
+                    if started or not refused:
                         broken.append(repr(exc))
+                    elif time.monotonic() < drain_ends[0] - 0.25:
+                        broken.append(f"refused during the shutdown delay: {exc!r}")
                     return
                 if response.status_code != 200 or body != BIG:
                     broken.append(f"{response.status_code}, {len(body)} bytes")
@@ -88,12 +92,14 @@ def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], de
     try:
         wait_until(lambda: completed[0] > 10, 20, what="load")
         signalled = time.monotonic()
+        drain_ends[0] = signalled + float(delay)
         server.process.send_signal(signal.SIGTERM)
         if delay != "0":
             with httpx.Client(base_url=server.base_url, timeout=5) as probe:
-                ready = wait_until(lambda: (r := probe.get("/readyz")).status_code == 503 and r, 0.5)
+                # "at once": well before the delay ends (a loaded machine may take a moment)
+                ready = wait_until(lambda: (r := probe.get("/readyz")).status_code == 503 and r, 2.0)
                 assert ready.json() == {"status": "draining"}
-                assert time.monotonic() - signalled < 0.5
+                assert time.monotonic() < drain_ends[0]
                 assert probe.get("/livez").status_code == 200  # still serving while draining
         # every accepted request, however slowly read, gets its whole response
         for sock, start in zip(slow, begun, strict=True):
@@ -108,4 +114,4 @@ def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], de
             sock.close()
     assert not broken, broken[:5]
     messages = [entry["message"] for entry in server.json_logs()]
-    assert messages is not None
+    assert "stopped" in messages  # the lifespan shutdown ran: watcher and threads stopped

@@ -38,12 +38,14 @@ def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Calla
     deadline = time.monotonic() + DURATION_S
     stop = threading.Event()
     failures: list[str] = []
-    statuses: Counter[int] = Counter()
-    slow: list[tuple[float, str]] = []
+    counts: list[Counter[int]] = []  # one a reader: Counter's += is not atomic across threads
+    latencies: list[float] = []  # of GETs by id, as the client saw them (list.append is atomic)
     peak_rss = [0]
     writes = [0]
 
     def reader(seed: int) -> None:
+        statuses: Counter[int] = Counter()
+        counts.append(statuses)
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             n = seed
             for _ in range(200_000):
@@ -62,9 +64,7 @@ def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Calla
                     path = f"/api/v2/jobs/{ids[n % len(ids)]}"
                     started = time.monotonic()
                     response = client.get(path)
-                    elapsed = time.monotonic() - started
-                    if elapsed > 0.5:
-                        slow.append((elapsed, path))
+                    latencies.append(time.monotonic() - started)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
                     failures.append(f"{path}: {response.status_code} {response.text[:200]}")
@@ -104,11 +104,15 @@ def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Calla
     finally:
         stop.set()
     assert not any(thread.is_alive() for thread in threads)
+    statuses = sum(counts, Counter())
     assert not failures, failures[:5]
     assert sum(statuses.values()) > 2000 and writes[0] > 1000, (statuses, writes)
     assert set(statuses) <= {200, 404}, statuses  # 404: a session deleted by the churn
-    slow.sort(reverse=True)
-    assert not slow, f"requests waited behind the disk: {slow[:5]}"
+    # No request waits behind the disk: a read that did would take the writer's pace, seconds
+    # over the soak. Bounds a loaded 2-core machine keeps (a scheduling hiccup is ~100 ms).
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert p99 < 0.25 and latencies[-1] < 2.0, (p99, latencies[-5:])
     lag_count = metric(server, "sessions_event_loop_lag_seconds_count")
     lag_slow = lag_count - metric(server, "sessions_event_loop_lag_seconds_bucket", le="0.1")
     assert lag_slow <= lag_count * 0.01, f"{lag_slow} of {lag_count} event-loop ticks were over 100 ms late"
