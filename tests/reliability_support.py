@@ -210,15 +210,7 @@ def userns_available() -> str | None:
         return "unshare or nsenter is not installed"
     try:
         result = subprocess.run(
-            [
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--",
-                "sh",
-                "-c",
-                "echo 0 > /proc/sys/user/max_inotify_watches && cat /proc/sys/user/max_inotify_watches",
-            ],
+            [*limited_inotify_prefix("max_inotify_watches"), "cat", "/proc/sys/user/max_inotify_watches"],
             capture_output=True,
             text=True,
             timeout=10,
