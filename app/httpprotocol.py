@@ -54,6 +54,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes >= 0:
+            if self.request_started is None:  # the next request on a kept-alive connection
+                self.request_started = self.loop.time()
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse_head()
@@ -61,11 +63,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         elif self._head_bytes == -2:
             return
         super().data_received(data)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.request_started is None:  # the next request on a kept-alive connection
-            self.request_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
