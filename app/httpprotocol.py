@@ -11,6 +11,8 @@ httptools, unlike h11, puts no bound on a request head either: one client sendin
 hundreds of megabytes would have it buffered whole. A head over MAX_HEAD_BYTES is answered 431
 and the connection closed.
 
+While the service drains (after SIGTERM), every response closes its connection.
+
 A connection only notes when its pending request began; the server sweeps its connections once
 a second (`close_stalled_requests`): a timer per request would cost a cache hit a few percent.
 """
@@ -22,6 +24,8 @@ from collections.abc import Iterable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.application import DRAINING
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -67,6 +71,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
         super().on_headers_complete()
+        if DRAINING.is_set():
+            # During the shutdown delay, answer and close: keep-alive clients reconnect, and
+            # reach a replica that is not going away, instead of meeting the close at the end.
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         self.request_started = None

@@ -100,7 +100,9 @@ def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], de
                 ready = wait_until(lambda: (r := probe.get("/readyz")).status_code == 503 and r, 2.0)
                 assert ready.json() == {"status": "draining"}
                 assert time.monotonic() < drain_ends[0]
-                assert probe.get("/livez").status_code == 200  # still serving while draining
+                live = probe.get("/livez")
+                assert live.status_code == 200  # still serving while draining
+                assert live.headers["connection"] == "close"  # and moving keep-alive clients off
         # every accepted request, however slowly read, gets its whole response
         for sock, start in zip(slow, begun, strict=True):
             response = read_response(sock, start, pace_s=0.001)
