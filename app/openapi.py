@@ -190,6 +190,20 @@ def openapi_path(route_path: str) -> str:
     return route_path.replace("{job_id:jobpath}", "{job_id}")
 
 
+def _head_of(get: dict[str, Any]) -> dict[str, Any]:
+    """The HEAD twin of a GET operation: the same statuses and headers, no body."""
+    responses = {
+        status: {name: value for name, value in response.items() if name != "content"}
+        for status, response in get["responses"].items()
+    }
+    return {
+        **get,
+        "operationId": "head" + get["operationId"][:1].upper() + get["operationId"][1:],
+        "summary": get.get("summary", "") + " (headers only)",
+        "responses": responses,
+    }
+
+
 def build_openapi(routes: list[BaseRoute]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in routes:
@@ -200,7 +214,7 @@ def build_openapi(routes: list[BaseRoute]) -> dict[str, Any]:
         operation = OPERATIONS[key]  # KeyError: a route without a documented operation
         if key in paths:
             continue  # /api/v2/jobs/ is /api/v2/jobs
-        paths[key] = {"get": operation}  # every GET also answers HEAD
+        paths[key] = {"get": operation, "head": _head_of(operation)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Job-session service", "version": __version__},
