@@ -51,27 +51,43 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # Bytes received since the current request head began; -1 once the head is complete, -2
     # once it has been refused (what still arrives is dropped).
     _head_bytes = 0
+    # (unsent bytes, when that count was first seen) while a response waits on the client
+    write_stalled: tuple[int, float] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.request_started = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_bytes >= 0:
-            if self.request_started is None:  # the next request on a kept-alive connection
-                self.request_started = self.loop.time()
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse_head()
-                return
-        elif self._head_bytes == -2:
+        head_bytes = self._head_bytes
+        if head_bytes == -2:
             return
-        super().data_received(data)
+        if head_bytes == -1:  # a body: not bounded here
+            super().data_received(data)
+            return
+        if self.request_started is None:  # the next request on a kept-alive connection
+            self.request_started = self.loop.time()
+        room = MAX_HEAD_BYTES - head_bytes
+        if len(data) <= room:
+            self._head_bytes = head_bytes + len(data)
+            super().data_received(data)
+            return
+        # This read would take the head past the bound: parse up to the bound, and look at
+        # what the head did there. Only then are a body, or requests pipelined behind the
+        # head, told from a head that is too large.
+        self._head_bytes = MAX_HEAD_BYTES
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._head_bytes == MAX_HEAD_BYTES:  # still the same head, and no end to it
+            self._refuse_head()
+        else:  # -1: in its body; 0: the message ended and the next one begins
+            self.data_received(data[room:])
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
         super().on_headers_complete()
-        if DRAINING.is_set():
+        if DRAINING.is_set() and self.cycle is not None and self.cycle.scope is self.scope:
             # During the shutdown delay, answer and close: keep-alive clients reconnect, and
             # reach a replica that is not going away, instead of meeting the close at the end.
             self.cycle.keep_alive = False
@@ -91,14 +107,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 def close_stalled_requests(connections: Iterable[object], now: float, timeout_s: float) -> int:
     """Close the connections whose pending request began more than `timeout_s` ago and has not
-    arrived whole; how many were closed."""
+    arrived whole, and abort those whose unsent response has not moved for as long (a client
+    that stopped reading); how many were closed."""
     closed = 0
     for connection in list(connections):
         if not isinstance(connection, BoundedHttpProtocol):
             continue
+        transport = connection.transport
         started = connection.request_started
-        if started is not None and now - started > timeout_s and not connection.transport.is_closing():
+        if started is not None and now - started > timeout_s and not transport.is_closing():
             connection.request_started = None
-            connection.transport.close()
+            transport.close()
+            closed += 1
+            continue
+        unsent = transport.get_write_buffer_size()
+        if not unsent:
+            connection.write_stalled = None
+        elif connection.write_stalled is None or connection.write_stalled[0] != unsent:
+            connection.write_stalled = (unsent, now)
+        elif now - connection.write_stalled[1] > timeout_s:
+            transport.abort()  # close() would wait for the buffer to drain: for ever
             closed += 1
     return closed

@@ -3,6 +3,7 @@ paths, headers and query strings, clients that connect and send nothing, and bad
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from tests.support import Server, put_session, start_server, wait_until
+from tests.support import Server, encode, put_session, session_doc, start_server, wait_until
 
 TOKEN = "s3cr3t-token"
 
@@ -238,6 +239,72 @@ def test_a_body_trickled_byte_by_byte_is_cut_off(sessions_dir: Path, serve: Call
     assert closed_after is not None, "a trickled body held its connection"
     assert closed_after < keepalive + 5, closed_after
     assert server.get("/livez").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_the_head_bound_counts_heads_only(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """Requests pipelined behind a short head, and a body, are not a large head."""
+    put_session(sessions_dir, "j")
+    server = serve(sessions_dir, env={"SESSIONS_LOG_LEVEL": "warning"})
+    host, port = server.base_url.removeprefix("http://").split(":")
+    request = b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request * 2000)  # 82 kB in one write
+        answers = b""
+        deadline = time.monotonic() + 30
+        while answers.count(b"HTTP/1.1 200 ") < 2000 and time.monotonic() < deadline:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 ") == 2000 and b" 431 " not in answers
+    response = server.client.post("/api/v2/jobs/j", content=b"x" * 100_000)
+    assert response.status_code == 405, response.status_code
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_stops_reading_is_let_go(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """A response the client never reads cannot be sent: after the keep-alive timeout without
+    progress the connection is aborted, or such clients pin descriptors and buffers for ever."""
+    (sessions_dir / "big.json").write_bytes(encode(session_doc("big", payload="z" * 4_000_000)))
+    keepalive = 2
+    server = serve(sessions_dir, env={"SESSIONS_KEEPALIVE_S": str(keepalive), "SESSIONS_LOG_LEVEL": "warning"})
+    pid = server.process.pid
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect((host, int(port)))
+        sock.sendall(b"GET /api/v2/jobs/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        client_port = sock.getsockname()[1]
+        wait_until(lambda: server_holds(pid, int(port), client_port), 5, what="the connection accepted")
+        started = time.monotonic()
+        wait_until(
+            lambda: not server_holds(pid, int(port), client_port), keepalive + 10, what="the stalled connection let go"
+        )
+        assert time.monotonic() - started < keepalive + 5
+    finally:
+        sock.close()
+    assert server.get("/livez").status_code == 200
+
+
+def server_holds(pid: int, server_port: int, client_port: int) -> bool:
+    """Whether the server process still has the socket of this connection open."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local, remote) == (server_port, client_port):
+            inodes.add(fields[9])
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue  # closed while listed
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
 
 
 def test_the_server_never_serves_a_file_outside_its_folder(tmp_path: Path, serve: Callable[..., Server]) -> None:
