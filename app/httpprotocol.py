@@ -22,21 +22,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.application import DRAINING
+from app.problems import problem_body
 
 MAX_HEAD_BYTES = 64 * 1024
 
-_TOO_LARGE_BODY = orjson.dumps(
-    {
-        "type": "about:blank",
-        "title": "Request Header Fields Too Large",
-        "status": 431,
-        "detail": f"a request line and headers are limited to {MAX_HEAD_BYTES} bytes",
-    }
+_TOO_LARGE_BODY = problem_body(
+    431, "Request Header Fields Too Large", f"a request line and headers are limited to {MAX_HEAD_BYTES} bytes"
 )
+# Written straight to the transport: the request never reaches the app to be answered there.
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: application/problem+json\r\n"

@@ -16,6 +16,10 @@ from app.errors import ServiceError, TemporarilyUnavailable
 PROBLEM_JSON = "application/problem+json"
 
 
+def problem_body(status: int, title: str, detail: str, type_: str = "about:blank") -> bytes:
+    return orjson.dumps({"type": type_, "title": title, "status": status, "detail": detail})
+
+
 def problem(
     status: int,
     title: str,
@@ -23,7 +27,7 @@ def problem(
     type_: str = "about:blank",
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    body = orjson.dumps({"type": type_, "title": title, "status": status, "detail": detail})
+    body = problem_body(status, title, detail, type_)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
