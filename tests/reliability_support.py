@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.ops_support import scrape
 from tests.support import Server
 
 FINISHED = {"completed", "failed", "cancelled"}
@@ -28,11 +28,7 @@ FINISHED = {"completed", "failed", "cancelled"}
 
 def metric(server: Server, name: str, **labels: str) -> float:
     """One sample of /metrics (0 when absent, like a counter never touched)."""
-    for family in text_string_to_metric_families(server.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and dict(sample.labels) == labels:
-                return float(sample.value)
-    return 0.0
+    return scrape(server).value(name, **labels)
 
 
 def logged(server: Server, message: str, **fields: Any) -> list[dict[str, Any]]:

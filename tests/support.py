@@ -105,6 +105,11 @@ def put_session(folder: Path, job_id: str, **fields: Any) -> dict[str, Any]:
 # --- a real server -------------------------------------------------------------------------------
 
 
+def listed(server: Server) -> list[str]:
+    """The job ids of the first list page (up to 1,000), in list order."""
+    return [item["job_id"] for item in server.get("/api/v2/jobs?limit=1000").json()]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

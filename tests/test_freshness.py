@@ -15,6 +15,7 @@ import pytest
 from tests.support import (
     Server,
     encode,
+    listed,
     put_session,
     session_doc,
     wait_until,
@@ -39,10 +40,6 @@ def mode(request: pytest.FixtureRequest) -> str:
 def body_of(server: Server, job_id: str) -> bytes | None:
     response = server.get(f"/api/v2/jobs/{job_id}")
     return response.content if response.status_code == 200 else None
-
-
-def listed(server: Server) -> list[str]:
-    return [item["job_id"] for item in server.get("/api/v2/jobs?limit=1000").json()]
 
 
 def test_every_kind_of_write_shows(sessions_dir: Path, serve: Callable[..., Server], mode: str) -> None:

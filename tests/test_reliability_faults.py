@@ -31,13 +31,9 @@ from tests.reliability_support import (
     userns_available,
     wait_quiet_figures,
 )
-from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic, write_in_place
+from tests.support import Server, encode, listed, put_session, session_doc, wait_until, write_atomic, write_in_place
 
 POLL_MS = 100
-
-
-def listed(server: Server) -> list[str]:
-    return [item["job_id"] for item in server.get("/api/v2/jobs?limit=1000").json()]
 
 
 def probes_answer(server: Server) -> None:

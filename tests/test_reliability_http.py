@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
+from tests.reliability_support import process_figures
 from tests.support import Server, encode, put_session, session_doc, start_server, wait_until
 
 TOKEN = "s3cr3t-token"
@@ -177,11 +178,6 @@ def test_silent_clients_cannot_hold_the_server(sessions_dir: Path, serve: Callab
     assert server.get("/livez").status_code == 200
 
 
-def rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
-
-
 @pytest.mark.timeout(60)
 def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     """httptools has no bound on a head: without one, a client sending a header of hundreds of
@@ -189,7 +185,7 @@ def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path,
     put_session(sessions_dir, "j")
     server = serve(sessions_dir, env={"SESSIONS_LOG_LEVEL": "warning"})
     pid = server.process.pid
-    before = rss_bytes(pid)
+    before = process_figures(pid)["rss"]
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\nX-Big: ")
@@ -209,7 +205,7 @@ def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path,
     assert sent < 64 * 2**20, "the server kept reading a 64 MiB header"
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b"application/problem+json" in answer
-    assert rss_bytes(pid) < before + 16 * 2**20, (before, rss_bytes(pid))
+    assert process_figures(pid)["rss"] < before + 16 * 2**20, (before, process_figures(pid)["rss"])
     assert server.get("/api/v2/jobs/j").status_code == 200
 
 
