@@ -154,6 +154,18 @@ class SessionIndex:
         index._by_user = {user_id: _Facets.of(user_items) for user_id, user_items in by_user.items()}
         return index
 
+    def keys(self, *, statuses: Collection[str] | None, user_id: str | None, include_saved: bool) -> list[Key]:
+        """Every matching key, in list order: O(matching), for a watch's initial state."""
+        facets = self._everyone if user_id is None else self._by_user.get(user_id)
+        if facets is None:
+            return []
+        groups = facets.groups(statuses, include_saved)
+        if len(groups) == 1:
+            return list(groups[0].after(None))
+        keys = [key for group in groups for key in group.after(None)]
+        keys.sort()
+        return keys
+
     def page(
         self,
         *,

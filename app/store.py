@@ -18,6 +18,7 @@ from pathlib import Path
 
 from app import sessionfile
 from app.cache import DocumentCache
+from app.changelog import ChangeLog, StoreChange
 from app.errors import (
     InvalidSessionFile,
     SessionFileInvalid,
@@ -32,7 +33,8 @@ MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
 
 class Change(enum.Enum):
-    """What applying a file's state did; every value but NONE got a new revision."""
+    """What applying a file's state did, as counted in metrics. ADDED, MODIFIED and DELETED of a
+    served session get a new revision; STALE and INVALID alter nothing served and get none."""
 
     NONE = "none"
     ADDED = "added"
@@ -46,7 +48,7 @@ class Entry:
     """A valid session (or the last valid version of one whose file is invalid now): what the
     index and lists need, kept for every session, cached or not. Kept small: one per file."""
 
-    __slots__ = ("key", "status", "user_id", "signature")
+    __slots__ = ("key", "status", "user_id", "signature", "etag")
 
     def __init__(self, loaded: LoadedFile) -> None:
         summary = loaded.summary
@@ -54,6 +56,13 @@ class Entry:
         self.status = summary.status
         self.user_id = summary.user_id
         self.signature = loaded.signature
+        # What "unchanged" is decided on, cached or not; the document's own bytes object, so
+        # it costs nothing while the document is cached.
+        self.etag = loaded.document.etag
+
+    @property
+    def summary(self) -> bytes:
+        return self.key[2]
 
 
 class Invalid:
@@ -71,7 +80,15 @@ class Invalid:
 
 
 class SessionStore:
-    def __init__(self, root: Path, *, cache_max_entries: int, cache_max_bytes: int, max_file_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cache_max_entries: int,
+        cache_max_bytes: int,
+        max_file_bytes: int,
+        history: int = 100_000,
+    ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
@@ -81,8 +98,10 @@ class SessionStore:
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
         self._cache = DocumentCache(cache_max_entries, cache_max_bytes)
         self._warming: list[tuple[int, str]] | None = []  # heap of cached (instant, id) while warming
-        # Monotonic over every change applied: the base of a future change stream (SPEC §6).
+        # The revision of the last change to what is served (SPEC §6), and the log of the last
+        # `history` changes that watches resume from. Both change under the lock only.
         self.revision = 0
+        self.log = ChangeLog(history)
         # Called (from any thread) with a job id whose file looks different from what the store
         # holds: the reconciler looks at it again.
         self.on_suspect: Callable[[str], None] = lambda job_id: None
@@ -132,6 +151,38 @@ class SessionStore:
             revision = self.revision
         return [key[2] for key in keys], total, (keys[-1] if more and keys else None), revision
 
+    def snapshot(
+        self, *, statuses: Collection[str] | None, user_id: str | None, include_saved: bool
+    ) -> tuple[list[bytes], int]:
+        """Every matching summary, in list order, and the revision they reflect: the initial
+        state of a collection watch."""
+        with self._lock:
+            keys = self._index.keys(statuses=statuses, user_id=user_id, include_saved=include_saved)
+            revision = self.revision
+        return [key[2] for key in keys], revision
+
+    def changes_after(self, revision: int, limit: int | None = None) -> list[StoreChange]:
+        """The changes after `revision`, oldest first; `changelog.Expired` once they are no
+        longer all held."""
+        with self._lock:
+            return self.log.after(revision, limit)
+
+    def current_etag(self, job_id: str) -> bytes | None:
+        """The ETag of the version a GET serves now (cached or not), None for no session."""
+        entry = self._entries.get(job_id)
+        return entry.etag if entry is not None else None
+
+    def current_document(self, job_id: str) -> Document | None:
+        """The document served now if it is in memory (cached, or pinned while stale), without
+        counting a cache hit or making it recently used: for the change stream's fan-out."""
+        with self._lock:
+            if job_id not in self._entries:
+                return None
+            invalid = self._invalid.get(job_id) if self._invalid else None
+            if invalid is not None:
+                return invalid.pinned
+            return self._cache.peek(job_id)
+
     def load_missing(self, job_id: str) -> Document:
         """Read an evicted session back into the cache. Blocking: call it off the event loop.
 
@@ -178,6 +229,7 @@ class SessionStore:
                 "cache_misses": cache.misses,
                 "cache_evictions": cache.evictions,
                 "revision": self.revision,
+                "history": self.log.head - self.log.start,
             }
 
     def session_count(self) -> int:
@@ -215,7 +267,6 @@ class SessionStore:
         with self._lock:
             for loaded in batch:
                 job_id = loaded.document.job_id
-                self.revision += 1
                 self._entries[job_id] = Entry(loaded)
                 self._invalid.pop(job_id, None)
                 if loaded.racy:
@@ -234,7 +285,15 @@ class SessionStore:
         with self._lock:
             self._index = index
             self._warming = None
-            self.revision += 1  # the lists change (from empty to everything): a new revision
+            # The lists change (from empty to everything): a new revision, where the history
+            # of changes that watches can resume from begins.
+            self.revision += 1
+            self.log.reset(self.revision)
+
+    def _record(self, job_id: str, old: Entry | None, new: Entry | None, changed_at: float) -> None:
+        """The next revision, for a change to what is served. Call with the lock held."""
+        self.revision += 1
+        self.log.append(StoreChange(self.revision, job_id, old, new, changed_at))
 
     def apply_loaded(self, loaded: LoadedFile) -> Change:
         document, summary = loaded.document, loaded.summary
@@ -242,20 +301,25 @@ class SessionStore:
         self._mark_racy(job_id, loaded.racy)
         entry = self._entries.get(job_id)
         invalid = self._invalid.get(job_id)
-        if entry is not None and invalid is None and entry.key == summary.key:
+        if entry is not None and entry.etag == document.etag and entry.key == summary.key:
+            # The same bytes (a touch, a rewrite with the same content, an evicted session read
+            # again, a stale session whose file is back to its last valid version): nothing
+            # served changes, so no revision, whether or not the document is cached.
             with self._lock:
-                cached = self._cache.peek(job_id)
-            if cached is not None and cached.etag == document.etag:
-                entry.signature = loaded.signature  # touched or rewritten with the same bytes
-                return Change.NONE
+                entry.signature = loaded.signature
+                if invalid is not None:
+                    del self._invalid[job_id]
+                if self._cache.peek(job_id) is None:
+                    self._cache.put(document)
+            return Change.NONE
         with self._lock:
-            self.revision += 1
             if entry is not None:
                 self._index.remove(entry.key, entry.status, entry.user_id)
             new = self._entries[job_id] = Entry(loaded)
             self._index.add(new.key, new.status, new.user_id)
             self._invalid.pop(job_id, None)
             self._cache.put(document)
+            self._record(job_id, entry, new, loaded.mtime_ns / 1e9)
         return Change.MODIFIED if entry is not None else Change.ADDED
 
     def apply_invalid(self, job_id: str, signature: int, racy: bool, reason: str) -> Change:
@@ -264,8 +328,9 @@ class SessionStore:
         if invalid is not None and invalid.signature == signature and invalid.reason == reason:
             return Change.NONE
         entry = self._entries.get(job_id)
+        # No revision: a served session turning stale is still served (and listed) at its last
+        # valid version, and a file that was never valid is not served at all.
         with self._lock:
-            self.revision += 1
             if invalid is not None:
                 invalid.signature, invalid.reason = signature, reason
                 invalid.loader_gave_up = False  # a new version: worth reading again
@@ -281,10 +346,10 @@ class SessionStore:
         if job_id not in self._entries and job_id not in self._invalid:
             return Change.NONE
         with self._lock:
-            self.revision += 1
             entry = self._entries.pop(job_id, None)
             if entry is not None:
                 self._index.remove(entry.key, entry.status, entry.user_id)
+                self._record(job_id, entry, None, time.time())
             self._invalid.pop(job_id, None)
             self._cache.pop(job_id, None)
         return Change.DELETED

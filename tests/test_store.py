@@ -310,17 +310,42 @@ def test_load_missing_of_a_half_written_file_is_unavailable(tmp_path: Path) -> N
         store.load_missing("a")
 
 
-def test_revisions_increase_with_every_change(tmp_path: Path) -> None:
+def test_revisions_increase_with_every_change_to_what_is_served(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     seen = [store.revision]
     write(tmp_path, "a")
-    load(store, tmp_path, "a")
-    seen.append(store.revision)
-    store.apply_invalid("a", 9, False, "x")
+    load(store, tmp_path, "a")  # added
     seen.append(store.revision)
     write(tmp_path, "a", status="done")
-    load(store, tmp_path, "a")
+    load(store, tmp_path, "a")  # a new version
     seen.append(store.revision)
     store.apply_deleted("a")
     seen.append(store.revision)
-    assert seen == sorted(set(seen))
+    assert seen == [0, 1, 2, 3]
+    assert [(change.revision, change.old is None, change.new is None) for change in store.changes_after(0)] == [
+        (1, True, False),
+        (2, False, False),
+        (3, False, True),
+    ]
+
+
+def test_what_alters_nothing_served_gets_no_revision(tmp_path: Path) -> None:
+    """SPEC §6: a touch, a served session turning stale (and back), a file that was never valid,
+    and an evicted session read again with the same bytes get no revision."""
+    store = make_store(tmp_path, entries=1)
+    write(tmp_path, "a")
+    load(store, tmp_path, "a")
+    revision = store.revision
+    (tmp_path / "a.json").touch()
+    assert load(store, tmp_path, "a") is Change.NONE  # touched: same bytes
+    assert store.apply_invalid("a", 9, False, "not JSON") is Change.STALE
+    assert store.lookup("a")[1]  # served stale...
+    assert load(store, tmp_path, "a") is Change.NONE  # ...and back to the same version
+    assert not store.lookup("a")[1]
+    assert store.apply_invalid("never", 5, False, "not JSON") is Change.INVALID
+    assert store.apply_deleted("never") is Change.DELETED  # counted, but nothing served changed
+    write(tmp_path, "b")
+    load(store, tmp_path, "b")  # evicts "a" (one entry)
+    assert store.current_document("a") is None
+    assert load(store, tmp_path, "a") is Change.NONE  # decided on the ETag the entry keeps
+    assert store.revision == revision + 1  # "b" only
