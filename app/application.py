@@ -20,12 +20,16 @@ from starlette.routing import Route
 
 from app import problems
 from app.errors import ServiceError
-from app.jobs import JobEndpoint, JobFastPath, JobListEndpoint, MissLoader
+from app.hub import ChangeHub
+from app.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
+from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
+from app.loader import MissLoader
 from app.metrics import Metrics, MetricsEndpoint
 from app.middleware import BearerAuth, RequestObserver
 from app.openapi import OpenAPIEndpoint
 from app.probes import LivenessEndpoint, ReadinessEndpoint
 from app.reconciler import Reconciler
+from app.routes import ROUTES
 from app.settings import Settings, load_settings
 from app.store import SessionStore
 
@@ -35,9 +39,7 @@ LOADER_THREADS = 4
 READ_METHODS = ["GET", "HEAD"]
 STOP_TIMEOUT_S = 10.0
 
-# Set by the server on SIGTERM: readiness turns 503 while requests are still served. A process
-# has one set of signals, hence one event per process.
-DRAINING = threading.Event()
+__all__ = ["DRAINING", "create_app"]
 
 
 class _JobPathConvertor(Convertor[str]):
@@ -55,12 +57,13 @@ class _JobPathConvertor(Convertor[str]):
 register_url_convertor("jobpath", _JobPathConvertor())
 
 
-def create_app(settings: Settings | None = None, draining: threading.Event | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
     """Build the application. Without `settings`, read them from the environment (the factory
     uvicorn workers call)."""
     settings = settings if settings is not None else load_settings(os.environ)
-    draining = draining if draining is not None else DRAINING
-    metrics = Metrics()
+    shutdown = shutdown if shutdown is not None else SHUTDOWN
+    draining: threading.Event = shutdown.draining
+    metrics = Metrics(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -69,16 +72,21 @@ def create_app(settings: Settings | None = None, draining: threading.Event | Non
             cache_max_entries=settings.cache_max_entries,
             cache_max_bytes=settings.cache_max_bytes,
             max_file_bytes=settings.max_file_bytes,
+            history=settings.history,
         )
         reconciler = Reconciler(store, settings)
         reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
+        hub = ChangeHub(store, loader, settings)
+        hub.start()
+        reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
+        forget_drain = shutdown.on_stop(hub.drain)
         # The warm-up runs in the reconciler thread: yield at once so that the port opens and
         # the probes answer (readiness 503 "warming") while it runs.
         reconciler.start()
-        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader), name="sessions-monitor")
+        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
         logger.info(
             "serving sessions",
             extra={"folder": str(settings.sessions_dir), "watch": settings.watch, "pid": os.getpid()},
@@ -91,8 +99,11 @@ def create_app(settings: Settings | None = None, draining: threading.Event | Non
                 "loader": loader,
                 "metrics": metrics,
                 "draining": draining,
+                "hub": hub,
             }
         finally:
+            forget_drain()
+            await hub.close()
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
@@ -102,24 +113,25 @@ def create_app(settings: Settings | None = None, draining: threading.Event | Non
 
     job = JobEndpoint()
     job_list = JobListEndpoint()
-    live = LivenessEndpoint()
+    endpoints: dict[str, Any] = {
+        "job": job,
+        "jobs": job_list,
+        "live": LivenessEndpoint(),
+        "ready": ReadinessEndpoint(),
+        "metrics": MetricsEndpoint(),
+        "openapi": OpenAPIEndpoint(),
+    }
     routes = [
-        # First, as the hottest route. Any non-empty rest of the path, slashes included, reaches
-        # the id check (400, not 404); "/api/v2/jobs/" itself is the list.
-        Route("/api/v2/jobs/{job_id:jobpath}", job),
-        Route("/api/v2/jobs", job_list),
-        Route("/api/v2/jobs/", job_list),
-        # The rest are plain endpoints: only GET (and HEAD) may reach them, others are a 405.
-        Route("/livez", live, methods=READ_METHODS),
-        Route("/healthz", live, methods=READ_METHODS),
-        Route("/readyz", ReadinessEndpoint(), methods=READ_METHODS),
-        Route("/metrics", MetricsEndpoint(), methods=READ_METHODS),
-        Route("/openapi.json", OpenAPIEndpoint(), methods=READ_METHODS),
+        # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check
+        # methods themselves (the fast path reaches them around the router).
+        Route(path, endpoints[spec.endpoint], methods=READ_METHODS if spec.plain else None)
+        for spec in ROUTES
+        for path in spec.paths
     ]
     middleware = [Middleware(RequestObserver, metrics=metrics)]
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
-    middleware.append(Middleware(JobFastPath, endpoint=job))
+    middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -9,6 +9,7 @@ class ServiceError(Exception):
     status = 500
     title = "Internal Server Error"
     type = "about:blank"
+    retry_after: str | None = None  # seconds, for a Retry-After header
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -52,6 +53,31 @@ class TemporarilyUnavailable(ServiceError):
     status = 503
     title = "Session temporarily unavailable"
     type = "/problems/temporarily-unavailable"
+    retry_after = "1"
+
+
+class RevisionExpired(ServiceError):
+    """A watch from a revision this process no longer holds, or never had (SPEC §6)."""
+
+    status = 410
+    title = "Revision expired"
+    type = "/problems/revision-expired"
+
+
+class TooManyStreams(ServiceError):
+    status = 503
+    title = "Too many streams"
+    type = "/problems/too-many-streams"
+    retry_after = "1"
+
+
+class NotServingStreams(ServiceError):
+    """Warming up or shutting down: a watch would be cut short or miss what the warm-up loads."""
+
+    status = 503
+    title = "Not serving streams now"
+    type = "/problems/not-serving-streams"
+    retry_after = "1"
 
 
 class InvalidSessionFile(Exception):

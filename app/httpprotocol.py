@@ -15,16 +15,20 @@ While the service drains (after SIGTERM), every response closes its connection.
 
 A connection only notes when its pending request began; the server sweeps its connections once
 a second (`close_stalled_requests`): a timer per request would cost a cache hit a few percent.
+The same sweep lets go of a client that stops reading. For a stream (a watch) that takes
+counting real progress: its heartbeats keep adding to the unsent bytes, which would look like
+movement, so the bytes handed to the kernel are counted instead (written less unsent).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.application import DRAINING
+from app.lifecycle import DRAINING
 from app.problems import problem_body
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -41,14 +45,33 @@ _TOO_LARGE = (
 )
 
 
+class CountingTransport:
+    """A transport that counts the bytes written through it; everything else is the real one's."""
+
+    __slots__ = ("_transport", "written")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     # loop.time() when the request being read began; None once it has been read whole.
     request_started: float | None = None
     # Bytes received since the current request head began; -1 once the head is complete, -2
     # once it has been refused (what still arrives is dropped).
     _head_bytes = 0
-    # (unsent bytes, when that count was first seen) while a response waits on the client
+    # (progress mark, when it was first seen) while a response waits on the client
     write_stalled: tuple[int, float] | None = None
+    # Set for a stream's connection: counts what the response wrote.
+    counting: CountingTransport | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,6 +106,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and b"watch" in self.scope["query_string"]:
+            # Perhaps a stream: count its writes, for the stalled-reader check.
+            self.counting = CountingTransport(self.transport)
+            cycle.transport = self.counting  # type: ignore[assignment]
         if DRAINING.is_set() and self.cycle is not None and self.cycle.scope is self.scope:
             # During the shutdown delay, answer and close: keep-alive clients reconnect, and
             # reach a replica that is not going away, instead of meeting the close at the end.
@@ -117,10 +145,12 @@ def close_stalled_requests(connections: Iterable[object], now: float, timeout_s:
             closed += 1
             continue
         unsent = transport.get_write_buffer_size()
+        # Progress: for a stream, the bytes the kernel has taken; else any change of what is unsent.
+        mark = connection.counting.written - unsent if connection.counting is not None else unsent
         if not unsent:
             connection.write_stalled = None
-        elif connection.write_stalled is None or connection.write_stalled[0] != unsent:
-            connection.write_stalled = (unsent, now)
+        elif connection.write_stalled is None or connection.write_stalled[0] != mark:
+            connection.write_stalled = (mark, now)
         elif now - connection.write_stalled[1] > timeout_s:
             transport.abort()  # close() would wait for the buffer to drain: for ever
             closed += 1

@@ -7,10 +7,7 @@ however many requests wait for it.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections import OrderedDict
-from concurrent.futures import Executor
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,54 +15,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import problems
 from app.errors import InvalidJobId, ServiceError
-from app.listing import next_link, parse_list_query
-from app.sessionfile import Document, is_job_id
+from app.etags import etag_matches
+from app.listing import next_link, parse_job_query, parse_list_query
+from app.prefer import requested_wait
+from app.routes import JOB_PREFIX, JOBS
+from app.sessionfile import is_job_id
 from app.store import SessionStore
+from app.watches import long_poll, watch_collection, watch_job
 
-_JOB_PREFIX = "/api/v2/jobs/"
 _METHODS = ("GET", "HEAD")
 _ALLOW = {"Allow": "GET, HEAD"}
 
 
-class MissLoader:
-    """Loads evicted sessions in a thread pool, one read per job id however many wait."""
-
-    def __init__(self, store: SessionStore, executor: Executor) -> None:
-        self._store = store
-        self._executor = executor
-        self._in_flight: dict[str, asyncio.Future[Document]] = {}
-        self.loads = 0
-
-    async def load(self, job_id: str) -> Document:
-        future = self._in_flight.get(job_id)
-        if future is None:
-            self.loads += 1
-            future = asyncio.get_running_loop().run_in_executor(self._executor, self._store.load_missing, job_id)
-            self._in_flight[job_id] = future
-            future.add_done_callback(functools.partial(self._done, job_id))
-        # shield: one waiter giving up (a client that disconnects) must not cancel the others'.
-        return await asyncio.shield(future)
-
-    def _done(self, job_id: str, future: asyncio.Future[Document]) -> None:
-        self._in_flight.pop(job_id, None)
-        if not future.cancelled():
-            # Retrieved here, so that a failure whose only waiter disconnected is not logged
-            # as "Future exception was never retrieved": the waiters that remain get it.
-            future.exception()
-
-
-def _etag_matches(if_none_match: bytes, etag: bytes) -> bool:
-    if if_none_match == etag:
-        return True
-    for candidate in if_none_match.split(b","):
-        candidate = candidate.strip()
-        if candidate == b"*" or candidate.removeprefix(b"W/") == etag:
-            return True
-    return False
-
-
 class JobEndpoint:
-    """GET/HEAD /api/v2/jobs/{job_id}"""
+    """GET/HEAD /api/v2/jobs/{job_id}: the document; `?watch=true`, its change stream; with
+    If-None-Match and `Prefer: wait=N`, the long poll (app.watches)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -76,16 +40,23 @@ class JobEndpoint:
             raise InvalidJobId(
                 f"{job_id[:80]!r} is not a job id: 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
             )
+        if scope["query_string"] and parse_job_query(scope["query_string"]):
+            await watch_job(scope, receive, send, job_id)
+            return
+        if_none_match = wait = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value
+            elif name == b"prefer":
+                wait = requested_wait(value)
         state = scope["state"]
         document, stale = state["store"].lookup(job_id)
         if document is None:
             document = await state["loader"].load(job_id)
-        if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if_none_match = value
-                break
-        if if_none_match is not None and _etag_matches(if_none_match, document.etag):
+        if if_none_match is not None and etag_matches(if_none_match, document.etag):
+            if wait is not None:
+                await long_poll(scope, receive, send, document, stale, wait)
+                return
             headers = document.stale_not_modified_headers() if stale else document.not_modified_headers
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -100,28 +71,36 @@ class JobEndpoint:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else document.body})
 
 
-class JobFastPath:
-    """Sends GET /api/v2/jobs/{job_id} straight to its endpoint, around Starlette's exception
-    middleware and router: with their per-request wrappers they cost a quarter of a cache hit
-    (measured with wrk: 25.5k -> 29k requests/s). Errors become problem details through the same
-    handlers the app registers; everything else goes on to Starlette. The route stays declared in
-    the router, which documents it (OpenAPI) and would serve it without this."""
+class ApiFastPath:
+    """Sends the API's routes (a job, the list, and their watches) straight to their endpoints,
+    around Starlette's exception middleware and router: with their per-request wrappers (and
+    per-message wrappers of `send`, which a stream pays on every event) they cost a quarter of
+    a cache hit (measured with wrk: 25.5k -> 29k requests/s). Errors become problem details
+    through the same handlers the app registers; everything else goes on to Starlette. The
+    routes stay declared in the router (app.routes), which documents them (OpenAPI) and would
+    serve them without this."""
 
-    def __init__(self, app: ASGIApp, endpoint: JobEndpoint) -> None:
+    def __init__(self, app: ASGIApp, job: JobEndpoint, jobs: JobListEndpoint) -> None:
         self.app = app
-        self.endpoint = endpoint
+        self.job = job
+        self.jobs = jobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if not path.startswith(_JOB_PREFIX) or len(path) == len(_JOB_PREFIX):
+        endpoint: JobEndpoint | JobListEndpoint
+        if path.startswith(JOB_PREFIX) and len(path) > len(JOB_PREFIX):
+            scope["path_params"] = {"job_id": path[len(JOB_PREFIX) :]}
+            endpoint = self.job
+        elif path == JOBS or path == JOB_PREFIX:
+            endpoint = self.jobs
+        else:
             await self.app(scope, receive, send)
             return
-        scope["path_params"] = {"job_id": path[len(_JOB_PREFIX) :]}
         try:
-            await self.endpoint(scope, receive, send)
+            await endpoint(scope, receive, send)
         except ServiceError as exc:
             response = await problems.service_error(Request(scope), exc)
             await response(scope, receive, send)
@@ -149,8 +128,14 @@ class JobListEndpoint:
         method = scope["method"]
         if method not in _METHODS:
             raise HTTPException(405, "use GET or HEAD", headers=_ALLOW)
+        query_string: bytes = scope["query_string"]
+        if b"watch" in query_string or b"%" in query_string:  # maybe a watch (%: w%61tch=...)
+            query = parse_list_query(query_string)
+            if query.watch:  # a stream: never through the rendered-page cache
+                await watch_collection(scope, receive, send, query)
+                return
         store: SessionStore = scope["state"]["store"]
-        key = (id(store), store.revision, scope["path"], scope["query_string"])
+        key = (id(store), store.revision, scope["path"], query_string)
         rendered = self._rendered.get(key)
         if rendered is None:
             rendered = self._render(store, scope["path"], scope["query_string"])
@@ -177,7 +162,7 @@ class JobListEndpoint:
             (b"content-length", b"%d" % len(body)),
             (b"cache-control", b"no-cache"),
             (b"x-total-count", b"%d" % total),
-            (b"x-revision", b"%d" % revision),
+            (b"x-revision", store.log.token(revision).encode("ascii")),
         ]
         if next_key is not None:
             headers.append((b"link", next_link(path, query, next_key)))

@@ -11,7 +11,7 @@ import orjson
 
 from app.errors import BadRequest
 from app.index import AFTER, Key
-from app.sessionfile import is_job_id
+from app.sessionfile import FINISHED_STATUSES, is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -23,6 +23,22 @@ _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
+class SessionFilter(NamedTuple):
+    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
+
+    statuses: frozenset[str] | None
+    user_id: str | None
+    include_saved: bool
+
+    def matches(self, status: str | None, user_id: str | None) -> bool:
+        """The index's rule (app.index): a status that is not a string matches no status filter."""
+        return (
+            (self.statuses is None or status in self.statuses)
+            and (self.user_id is None or user_id == self.user_id)
+            and (self.include_saved or status not in FINISHED_STATUSES)
+        )
+
+
 class ListQuery(NamedTuple):
     statuses: frozenset[str] | None
     user_id: str | None
@@ -30,6 +46,19 @@ class ListQuery(NamedTuple):
     limit: int
     after: Key | None
     base: str  # the query as sent, less the cursor
+    watch: bool = False
+    revision: str | None = None  # watch from here (SPEC §6)
+
+    @property
+    def filter(self) -> SessionFilter:
+        return SessionFilter(self.statuses, self.user_id, self.include_saved)
+
+
+def parse_boolean(name: str, value: str) -> bool:
+    try:
+        return _BOOLEANS[value.lower()]
+    except KeyError:
+        raise BadRequest(f"{name} must be true, false, 1 or 0, not {value[:40]!r}") from None
 
 
 def encode_cursor(key: Key) -> str:
@@ -68,6 +97,9 @@ def parse_list_query(query_string: bytes) -> ListQuery:
     include_saved = True
     limit = DEFAULT_LIMIT
     after: Key | None = None
+    paged = False  # limit or cursor given
+    watch = False
+    revision: str | None = None
     for name, value in pairs:
         if len(value) > MAX_VALUE_LENGTH:
             raise BadRequest(f"{name[:40]!r} is longer than {MAX_VALUE_LENGTH} characters")
@@ -83,15 +115,23 @@ def parse_list_query(query_string: bytes) -> ListQuery:
                 raise BadRequest("user_id must not be empty (leave it out to list every user's)")
             user_id = value
         elif name == "include_saved":
-            if value.lower() not in _BOOLEANS:
-                raise BadRequest(f"include_saved must be true, false, 1 or 0, not {value[:40]!r}")
-            include_saved = _BOOLEANS[value.lower()]
+            include_saved = parse_boolean(name, value)
         elif name == "limit":
             if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= MAX_LIMIT):
                 raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {value[:40]!r}")
             limit = int(value)
+            paged = True
         elif name == "cursor":
             after = decode_cursor(value)
+            paged = True
+        elif name == "watch":
+            watch = parse_boolean(name, value)
+        elif name == "revision":
+            revision = value
+    if watch and paged:
+        raise BadRequest("watch=true cannot be paged: leave out limit and cursor (a watch sends every session)")
+    if revision is not None and not watch:
+        raise BadRequest("revision= is for watches: add watch=true, or leave it out")
     return ListQuery(
         frozenset(statuses) if statuses is not None else None,
         user_id,
@@ -103,7 +143,30 @@ def parse_list_query(query_string: bytes) -> ListQuery:
             "&".join(part for part, (name, _) in zip(parts, pairs, strict=True) if name != "cursor"),
             safe=_SAFE_IN_LINK,
         ),
+        watch,
+        revision,
     )
+
+
+def parse_job_query(query_string: bytes) -> bool:
+    """Whether a job's query asks for its watch. Other parameters are ignored, as they always
+    were for a job; `revision=` is refused, as a job watch resumes by ETag."""
+    try:
+        text = query_string.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("the query string must be ASCII (percent-encode other characters)") from None
+    watch = False
+    parts = [part for part in text.split("&") if part]
+    if len(parts) > MAX_PARAMETERS:
+        raise BadRequest(f"too many query parameters (at most {MAX_PARAMETERS})")
+    for name, value in map(_parameter, parts):
+        if name == "watch":
+            watch = parse_boolean(name, value)
+        elif name == "revision":
+            raise BadRequest(
+                "a job watch resumes by ETag (Last-Event-ID or If-None-Match), not by revision: leave out revision="
+            )
+    return watch
 
 
 def _parameter(part: str) -> tuple[str, str]:

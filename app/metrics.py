@@ -25,9 +25,15 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Receive, Scope, Send
 
+from app.events import TYPES as EVENT_TYPES
+from app.hub import LAG_BUCKETS as _STREAM_LAG_BUCKETS
+from app.streams import End
+
 if TYPE_CHECKING:
-    from app.jobs import MissLoader
+    from app.hub import ChangeHub
+    from app.loader import MissLoader
     from app.reconciler import Reconciler
+    from app.settings import Settings
     from app.store import Change, SessionStore
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -40,8 +46,12 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+_STREAM_KINDS = ("collection", "job")
+_WAIT_ENDS = ("changed", "timeout", "drain", "client")
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self.multiprocess = multiprocess_dir() is not None
         # A registry per app, so that apps built in one process (tests) do not collide; in
         # multiprocess mode values live in files and a scrape collects them afresh.
@@ -131,7 +141,55 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=registry,
         )
+        # The change stream (SPEC §6). Every label value is created up front, so that rates and
+        # alerts see zeros rather than absent series.
+        self.streams_open = Gauge(
+            "sessions_streams_open",
+            "Open streams by kind: collection and job watches, and waiting long polls (wait).",
+            ["kind"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.streams_limit = Gauge(
+            "sessions_streams_limit",
+            "SESSIONS_MAX_STREAMS: streams and waits a process serves at once.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.streams_rejected = Counter(
+            "sessions_streams_rejected", "Streams and waits refused with a 503 at the limit.", registry=registry
+        )
+        self.stream_events = Counter(
+            "sessions_stream_events",
+            "Events written to streams, by kind and type.",
+            ["kind", "type"],
+            registry=registry,
+        )
+        self.streams_ended = Counter(
+            "sessions_streams_ended",
+            "Streams and waits ended, by kind and reason.",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        self.stream_lag = Histogram(
+            "sessions_stream_event_lag_seconds",
+            "From a file's change to its event being handed to the streams that want it.",
+            buckets=_STREAM_LAG_BUCKETS,
+            registry=registry,
+        )
+        for kind in (*_STREAM_KINDS, "wait"):
+            self.streams_open.labels(kind)
+        for kind in _STREAM_KINDS:
+            for type_ in EVENT_TYPES:
+                self.stream_events.labels(kind, type_.decode())
+            for end in End:
+                self.streams_ended.labels(kind, end.value)
+        for reason in _WAIT_ENDS:
+            self.streams_ended.labels("wait", reason)
+        if settings is not None:
+            self.streams_limit.set(settings.max_streams)
         self._seen: dict[str, float] = {}
+        self._seen_labelled: dict[tuple[str, ...], int] = {}
         self._upper_bounds = [*_LATENCY_BUCKETS, float("inf")]
         self._pending_requests: dict[tuple[str, str, int], list[Any]] = {}
 
@@ -171,9 +229,38 @@ class Metrics:
             counter.inc(delta)
         self._seen[name] = value
 
-    def refresh(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader) -> None:
+    def _advance_labelled(self, counter: Counter, name: str, values: dict[tuple[str, str], int]) -> None:
+        for labels, value in values.items():
+            key = (name, *labels)
+            delta = value - self._seen_labelled.get(key, 0)
+            if delta > 0:
+                counter.labels(*labels).inc(delta)
+            self._seen_labelled[key] = value
+
+    def _publish_streams(self, hub: ChangeHub) -> None:
+        stats = hub.stats
+        for kind, count in stats.open.items():
+            self.streams_open.labels(kind).set(count)
+        self._advance(self.streams_rejected, "streams_rejected", stats.rejected)
+        self._advance_labelled(self.stream_events, "events", stats.events)
+        self._advance_labelled(self.streams_ended, "ended", stats.ended)
+        # The lag is observed in buckets on the loop (one per event fanned out); publish the
+        # new observations as `_publish_requests` does.
+        buckets, total = stats.lag_buckets, stats.lag_sum
+        stats.lag_buckets, stats.lag_sum = [0] * len(buckets), 0.0
+        if any(buckets):
+            self.stream_lag._sum.inc(total)
+            for index, observations in enumerate(buckets):
+                if observations:
+                    self.stream_lag._buckets[index].inc(observations)
+
+    def refresh(
+        self, store: SessionStore, reconciler: Reconciler, loader: MissLoader, hub: ChangeHub | None = None
+    ) -> None:
         """Bring the figures up to date (on the event loop: no concurrent refresh)."""
         self._publish_requests()
+        if hub is not None:
+            self._publish_streams(hub)
         stats = store.stats()
         self.cache_entries.set(stats["cache_entries"])
         self.cache_bytes.set(stats["cache_bytes"])
@@ -196,14 +283,14 @@ class Metrics:
             self._advance(self.watcher_events, "events", watcher.events)
             self._advance(self.watcher_restarts, "restarts", watcher.restarts)
 
-    async def monitor(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader) -> None:
+    async def monitor(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader, hub: ChangeHub) -> None:
         """Measure event-loop lag and refresh store figures, until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + MONITOR_INTERVAL_S
             await asyncio.sleep(MONITOR_INTERVAL_S)
             self.loop_lag.observe(max(0.0, loop.time() - expected))
-            self.refresh(store, reconciler, loader)
+            self.refresh(store, reconciler, loader, hub)
 
     # --- exposition ----------------------------------------------------------------------------------
 
@@ -221,7 +308,7 @@ class MetricsEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["state"]
         metrics: Metrics = state["metrics"]
-        metrics.refresh(state["store"], state["reconciler"], state["loader"])
+        metrics.refresh(state["store"], state["reconciler"], state["loader"], state["hub"])
         body = metrics.exposition()
         headers = [
             (b"content-type", CONTENT_TYPE_LATEST.encode()),

@@ -12,24 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
 from app.problems import problem
+from app.routes import route_label
 
 access_logger = logging.getLogger("app.access")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
-_STATIC_ROUTES = frozenset(
-    {"/livez", "/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v2/jobs", "/api/v2/jobs/"}
-)
-_JOB_PREFIX = "/api/v2/jobs/"
-
-
-def route_template(path: str) -> str:
-    """The route a path belongs to, for metric labels and logs: never the raw path, whose values
-    are unbounded."""
-    if path in _STATIC_ROUTES:
-        return "/api/v2/jobs" if path == "/api/v2/jobs/" else path
-    if path.startswith(_JOB_PREFIX):
-        return "/api/v2/jobs/{job_id}"
-    return "unmatched"
 
 
 class RequestObserver:
@@ -69,7 +56,7 @@ class RequestObserver:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = route_template(scope["path"])
+            route = route_label(scope)
             method = scope["method"]
             self.metrics.observe_request(route, method, status, seconds)
             if self.log_access:

@@ -37,5 +37,7 @@ class ReadinessEndpoint:
             await _reply(scope, send, 503, b'{"status":"warming"}')
         else:
             store = state["store"]
-            body = orjson.dumps({"status": "ready", "sessions": store.session_count(), "revision": store.revision})
+            body = orjson.dumps(
+                {"status": "ready", "sessions": store.session_count(), "revision": store.log.token(store.revision)}
+            )
             await _reply(scope, send, 200, body)

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import ServiceError, TemporarilyUnavailable
+from app.errors import ServiceError
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -33,7 +33,7 @@ def problem(
 
 async def service_error(request: Request, exc: Exception) -> Response:
     exc = cast(ServiceError, exc)  # registered for ServiceError only
-    headers = {"Retry-After": "1"} if isinstance(exc, TemporarilyUnavailable) else None
+    headers = {"Retry-After": exc.retry_after} if exc.retry_after is not None else None
     return problem(exc.status, exc.title, exc.detail, exc.type, headers)
 
 

@@ -31,6 +31,7 @@ logger = logging.getLogger("app.reconciler")
 BACKGROUND_NICENESS = 10
 WARM_BATCH = 256  # files applied per lock acquisition during the warm-up
 RETRY_DELAY_S = 0.5  # after a transient read error (out of file descriptors, memory)
+ANNOUNCE_EVERY = 256  # changes: a long rescan hands its changes to the streams as it goes
 WATCHER_START_TIMEOUT_S = 5.0
 
 
@@ -72,6 +73,10 @@ class Reconciler:
         # the moment its new version is served.
         self.on_change: Callable[[Change, str], None] = lambda change, job_id: None
         self.on_reload_lag: Callable[[float], None] = lambda seconds: None
+        # Called once per batch of applied changes (not once per change): the change hub then
+        # schedules one delivery on the event loop.
+        self.on_applied: Callable[[], None] = lambda: None
+        self._unannounced = 0
         store.on_suspect = lambda job_id: self.pending.add((job_id,))
 
     def start(self) -> None:
@@ -95,6 +100,7 @@ class Reconciler:
             self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
         self._warm_up()
         self.ready.set()
+        self.on_applied()  # the history begins: streams can open
         next_rescan = time.monotonic() + self._rescan_interval()
         while not self.stop_event.is_set():
             interval = self._rescan_interval()
@@ -117,6 +123,8 @@ class Reconciler:
                 logger.exception("reconciler error; rescanning")
                 self.pending.request_rescan()
                 self.stop_event.wait(1.0)
+            finally:
+                self._announce()
 
     def _rescan_interval(self) -> float:
         if self.settings.watch == "poll":
@@ -318,6 +326,14 @@ class Reconciler:
             return
         self.stats.changes[change.value] = self.stats.changes.get(change.value, 0) + 1
         self.on_change(change, job_id)
+        self._unannounced += 1
+        if self._unannounced >= ANNOUNCE_EVERY:
+            self._announce()
+
+    def _announce(self) -> None:
+        if self._unannounced:
+            self._unannounced = 0
+            self.on_applied()
 
 
 def _stat_following_links(path: str) -> os.stat_result | None:

@@ -10,12 +10,14 @@ A second signal skips the delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
+import socket
 import sys
 import tempfile
-import threading
 import time
 from types import FrameType
 from typing import Any
@@ -25,8 +27,9 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
-from app.application import DRAINING, create_app
+from app.application import create_app
 from app.httpprotocol import BoundedHttpProtocol, close_stalled_requests
+from app.lifecycle import SHUTDOWN, Shutdown
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
@@ -34,13 +37,17 @@ logger = logging.getLogger("app.server")
 
 APP_FACTORY = "app.server:worker_app"
 SWITCH_INTERVAL_S = 0.001
+# While uvicorn waits for responses to finish at shutdown, a client that has stopped reading
+# would hold the process until the graceful timeout: let it go after this long without progress.
+SHUTDOWN_STALL_S = 1.0
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float, draining: threading.Event) -> None:
+    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float, shutdown: Shutdown) -> None:
         super().__init__(config)
         self._shutdown_delay_s = shutdown_delay_s
-        self._draining = draining
+        self._shutdown = shutdown
+        self._draining = shutdown.draining
         self._drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -64,6 +71,25 @@ class DrainingServer(uvicorn.Server):
                 self.server_state.connections, asyncio.get_running_loop().time(), self.config.timeout_keep_alive
             )
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Streams end and waiting long polls answer now, so that uvicorn's wait for requests in
+        # flight is short; clients resume on another replica.
+        self._shutdown.stop()
+        sweeper = asyncio.create_task(self._let_go_of_stalled_readers())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _let_go_of_stalled_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = min(SHUTDOWN_STALL_S, self.config.timeout_keep_alive)
+        while True:
+            await asyncio.sleep(0.1)
+            close_stalled_requests(self.server_state.connections, loop.time(), timeout)
 
 
 def _config(settings: Settings, app: Any, host: str, port: int, workers: int) -> uvicorn.Config:
@@ -94,7 +120,7 @@ def worker_app() -> Starlette:
     inherit the environment but not the logging set up by `python -m app`."""
     settings = load_settings(os.environ)
     configure_logging(settings)
-    return create_app(settings, DRAINING)
+    return create_app(settings, SHUTDOWN)
 
 
 class _DrainingProcess(multiprocess.Process):
@@ -104,7 +130,7 @@ class _DrainingProcess(multiprocess.Process):
     def server(self) -> uvicorn.Server:
         if self._server is None:
             delay = load_settings(os.environ).shutdown_delay_s
-            self._server = DrainingServer(self.config, delay, DRAINING)
+            self._server = DrainingServer(self.config, delay, SHUTDOWN)
         return self._server
 
     def join(self) -> None:
@@ -115,14 +141,30 @@ class _DrainingProcess(multiprocess.Process):
             prometheus_multiprocess.mark_process_dead(self.pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit, as nginx's worker_rlimit_nofile
+    does: every stream holds a socket, and the default soft limit (often 1024) would cap a
+    replica at about a thousand streams. Returns (soft, hard) as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit", extra={"soft": soft, "hard": hard, "error": str(exc)})
+    return soft, hard
+
+
 def run(settings: Settings, host: str, port: int, workers: int) -> None:
+    soft, hard = raise_open_file_limit()
+    logger.info("open-file limit", extra={"soft": soft, "hard": hard, "max_streams": settings.max_streams})
     # The event loop shares the GIL with the reconciler's thread; by default a thread that wants
     # the GIL may wait 5 ms for it, several times per request. 1 ms keeps requests fast while a
     # warm-up or rescan runs, for a little more switching.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if workers == 1:
-        config = _config(settings, create_app(settings, DRAINING), host, port, workers)
-        DrainingServer(config, settings.shutdown_delay_s, DRAINING).run()
+        config = _config(settings, create_app(settings, SHUTDOWN), host, port, workers)
+        DrainingServer(config, settings.shutdown_delay_s, SHUTDOWN).run()
         return
     # One process per worker, each with its own cache and watcher (the factory reads the same
     # environment); metrics add up across them through prometheus-client's multiprocess files.

@@ -44,6 +44,11 @@ class Settings:
     log_level: LogLevel = "info"
     keepalive_s: float = 75.0
     graceful_timeout_s: float = 20.0
+    history: int = 100_000
+    bookmark_s: float = 15.0
+    stream_timeout_s: float = 900.0
+    max_wait_s: float = 300.0
+    max_streams: int = 10_000
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -147,4 +152,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_level=_read(environ, "SESSIONS_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),  # type: ignore[arg-type]
         keepalive_s=_read(environ, "SESSIONS_KEEPALIVE_S", _seconds(1), 75.0),
         graceful_timeout_s=_read(environ, "SESSIONS_GRACEFUL_TIMEOUT_S", _seconds(0), 20.0),
+        history=_read(environ, "SESSIONS_HISTORY", _integer(1), 100_000),
+        # Fractions of a second are for tests; a stream or its heartbeat needs some time.
+        bookmark_s=_read(environ, "SESSIONS_BOOKMARK_S", _seconds(0.05), 15.0),
+        stream_timeout_s=_read(environ, "SESSIONS_STREAM_TIMEOUT_S", _seconds(0.05), 900.0),
+        max_wait_s=_read(environ, "SESSIONS_MAX_WAIT_S", _seconds(0), 300.0),
+        max_streams=_read(environ, "SESSIONS_MAX_STREAMS", _integer(0), 10_000),
     )

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app import sessionfile
-from app.jobs import MissLoader
+from app.loader import MissLoader
 from app.store import SessionStore
 from tests.support import Server, encode, put_session, session_doc, wait_until
 

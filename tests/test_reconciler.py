@@ -18,7 +18,7 @@ import pytest
 
 from app import sessionfile
 from app.errors import TemporarilyUnavailable
-from app.jobs import MissLoader
+from app.loader import MissLoader
 from app.reconciler import Reconciler
 from app.settings import load_settings
 from app.store import SessionStore

@@ -1,0 +1,248 @@
+"""The change stream's HTTP side (SPEC §6): watching the collection, watching one job, and the
+long poll. Each is a plain ASGI coroutine: it validates, is admitted by the hub (or refused
+with a 503), writes what the client is missing, then pumps live events until the stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Receive, Scope, Send
+
+from app import events, prefer, problems, routes
+from app.changelog import Expired, StoreChange
+from app.errors import RevisionExpired, ServiceError, SessionNotFound
+from app.etags import etag_matches, normalize
+from app.events import Format
+from app.hub import ChangeHub
+from app.listing import ListQuery, SessionFilter
+from app.sessionfile import Document
+from app.streams import JobStream, Kind, Stream, until_disconnect
+
+INITIAL_CHUNK = 500  # events written per send while sending an initial state or catching up
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _stream_headers(format: Format) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", format.value),
+        (b"cache-control", b"no-cache"),
+        # nginx (ingress-nginx) buffers responses unless told not to: events would wait there.
+        (b"x-accel-buffering", b"no"),
+    ]
+
+
+async def _start(send: Send, format: Format) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(format)})
+
+
+async def _headers_only(send: Send, format: Format) -> None:
+    await _start(send, format)
+    await send({"type": "http.response.body", "body": b""})
+
+
+def collection_event(filter: SessionFilter, change: StoreChange) -> tuple[bytes, bytes] | None:
+    """What a change is to a collection watch with `filter`: (type, summary), or None. A session
+    that starts matching is ADDED, one that stops matching is DELETED with its last matching
+    summary (the filter is checked against the old and the new entry)."""
+    old, new = change.old, change.new
+    was = old is not None and filter.matches(old.status, old.user_id)
+    if new is not None and filter.matches(new.status, new.user_id):
+        return (events.MODIFIED if was else events.ADDED), new.summary
+    if was:
+        return events.DELETED, old.summary  # type: ignore[union-attr]  # was: old is set
+    return None
+
+
+# --- GET /api/v2/jobs?watch=true ---------------------------------------------------------------
+
+
+async def watch_collection(scope: Scope, receive: Receive, send: Send, query: ListQuery) -> None:
+    scope[routes.LABEL_KEY] = routes.JOBS_WATCH
+    hub: ChangeHub = scope["state"]["hub"]
+    format = Format.for_accept(header(scope, b"accept"))
+    # An EventSource that reconnects sends the last id it saw: newer than the URL's revision.
+    last_event_id = header(scope, b"last-event-id")
+    token = last_event_id.decode("latin-1").strip() if last_event_id is not None else query.revision
+    position: int | None = None
+    if token is not None:
+        try:
+            position = hub.store.log.parse(token)
+        except Expired:
+            raise RevisionExpired(
+                f"revision {token[:80]!r} is not in this replica's history (another replica's, from before a "
+                "restart, or too old): list again and watch from the list's X-Revision"
+            ) from None
+    if scope["method"] == "HEAD":
+        await _headers_only(send, format)
+        return
+    hub.admit(Kind.COLLECTION.value)
+    stream = Stream(Kind.COLLECTION, format, hub.touch)
+    hub.open_stream(stream)
+    filter = query.filter
+    try:
+        await _start(send, format)
+        if position is None:
+            position = await _send_initial_state(hub, stream, filter, send)
+        if position is not None and await _catch_up(hub, stream, filter, position, send):
+            hub.attach_collection(stream, filter)
+        await stream.pump(receive, send)
+    finally:
+        hub.close_stream(stream, filter)
+
+
+async def _send_initial_state(hub: ChangeHub, stream: Stream, filter: SessionFilter, send: Send) -> int | None:
+    """ADDED for every session that matches now, then the initial_events_end bookmark; the
+    revision they reflect (None if the stream ended meanwhile)."""
+    summaries, revision = hub.store.snapshot(
+        statuses=filter.statuses, user_id=filter.user_id, include_saved=filter.include_saved
+    )
+    token = hub.token(revision)
+    format = stream.format
+    for start in range(0, len(summaries), INITIAL_CHUNK):
+        if stream.ended is not None:
+            return None
+        # No SSE id on these: an EventSource reconnecting in the middle must not resume from
+        # a revision whose state it has only half received.
+        chunk = b"".join(
+            events.encode(format, events.ADDED, token, summary) for summary in summaries[start : start + INITIAL_CHUNK]
+        )
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await asyncio.sleep(0)  # a large initial state must not hold the loop
+    hub.stats.sent(Kind.COLLECTION, events.ADDED, len(summaries))
+    if stream.ended is not None:
+        return None
+    bookmark = events.encode(format, events.BOOKMARK, token, event_id=token, initial_events_end=True)
+    hub.stats.sent(Kind.COLLECTION, events.BOOKMARK, 1)
+    await send({"type": "http.response.body", "body": bookmark, "more_body": True})
+    return revision
+
+
+async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, position: int, send: Send) -> bool:
+    """Write the changes after `position` from the log until the stream is level with the hub;
+    True once it is (attach it then, before anything else runs), False if it ended."""
+    store, format = hub.store, stream.format
+    while stream.ended is None:
+        hub.catch_up(position)
+        if position >= hub.delivered:
+            return True
+        try:
+            changes = store.changes_after(position, min(INITIAL_CHUNK, hub.delivered - position))
+        except Expired:
+            stream.fail(
+                events.error(
+                    format,
+                    hub.token(hub.delivered),
+                    410,
+                    "Revision expired",
+                    "the changes since this stream's revision are no longer held: list again and watch from "
+                    "the list's X-Revision",
+                    "/problems/revision-expired",
+                )
+            )
+            return False
+        parts = []
+        for change in changes:
+            event = collection_event(filter, change)
+            if event is not None:
+                token = hub.token(change.revision)
+                parts.append(events.encode(format, event[0], token, event[1], event_id=token))
+                hub.stats.sent(Kind.COLLECTION, event[0], 1)
+        position = changes[-1].revision
+        if parts:
+            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+        await asyncio.sleep(0)
+    return False
+
+
+# --- GET /api/v2/jobs/{job_id}?watch=true ------------------------------------------------------
+
+
+async def watch_job(scope: Scope, receive: Receive, send: Send, job_id: str) -> None:
+    scope[routes.LABEL_KEY] = routes.JOB_WATCH
+    hub: ChangeHub = scope["state"]["hub"]
+    store = hub.store
+    format = Format.for_accept(header(scope, b"accept"))
+    given = header(scope, b"last-event-id") or header(scope, b"if-none-match")
+    if scope["method"] == "HEAD":
+        await _headers_only(send, format)
+        return
+    hub.admit(Kind.JOB.value)
+    stream = JobStream(job_id, format, hub.touch)
+    hub.open_stream(stream)
+    try:
+        await _start(send, format)
+        current = store.current_etag(job_id)
+        if given is not None:
+            if current is not None and etag_matches(given, current):
+                stream.etag, stream.document = current, store.current_document(job_id)
+            elif current is None and given.strip() != b"*":
+                # The client has a version of a job that is gone now: it hears DELETED.
+                stream.etag = normalize(given.split(b",")[0])
+        hub.attach_job(stream)
+        revision = hub.token(hub.delivered)
+        if current is None:
+            if stream.etag is not None:
+                hub.offer(job_id, None, revision, None)
+        elif stream.etag != current:
+            document = store.current_document(job_id)
+            if document is None or document.etag != current:
+                try:
+                    document = await hub.loader.load(job_id)
+                except ServiceError:
+                    document = None  # unreadable now: its next version is sent when it comes
+            if document is not None:
+                hub.offer(job_id, document, revision, None)
+        await stream.pump(receive, send)
+    finally:
+        hub.close_stream(stream)
+
+
+# --- the long poll: GET /api/v2/jobs/{job_id} + If-None-Match + Prefer: wait=N --------------------
+
+
+async def long_poll(
+    scope: Scope, receive: Receive, send: Send, document: Document, stale: bool, requested: int
+) -> None:
+    """If-None-Match matched `document`: answer when the job changes, or 304 after the wait."""
+    scope[routes.LABEL_KEY] = routes.JOB_WAIT
+    hub: ChangeHub = scope["state"]["hub"]
+    job_id = document.job_id
+    seconds = min(float(requested), hub.settings.max_wait_s)
+    applied = (b"preference-applied", prefer.applied(seconds))
+    reason = "timeout"
+    if seconds > 0 and hub.ready and not hub.stopped:
+        hub.admit("wait")
+        wait = hub.open_wait(job_id, document.etag, seconds)
+        watcher = asyncio.ensure_future(until_disconnect(receive))
+        watcher.add_done_callback(lambda _: wait.resolve("client"))
+        try:
+            reason = await wait.future
+        finally:
+            watcher.cancel()
+            hub.close_wait(wait, reason if wait.future.done() else "client")
+        if reason == "client":
+            return
+    if reason == "changed":
+        try:
+            current, stale = hub.store.lookup(job_id)
+            if current is None:
+                current = await scope["state"]["loader"].load(job_id)
+        except SessionNotFound as exc:
+            response = problems.problem(
+                exc.status, exc.title, exc.detail, exc.type, {"Preference-Applied": applied[1].decode()}
+            )
+            await response(scope, receive, send)
+            return
+        fresh = current.stale_headers() if stale else current.headers
+        await send({"type": "http.response.start", "status": 200, "headers": [*fresh, applied]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else current.body})
+        return
+    headers = document.stale_not_modified_headers() if stale else document.not_modified_headers
+    await send({"type": "http.response.start", "status": 304, "headers": [*headers, applied]})
+    await send({"type": "http.response.body", "body": b""})
