@@ -17,12 +17,17 @@ A connection only notes when its pending request began; the server sweeps its co
 a second (`close_stalled_requests`): a timer per request would cost a cache hit a few percent.
 The same sweep lets go of a client that stops reading. For a stream (a watch) that takes
 counting real progress: its heartbeats keep adding to the unsent bytes, which would look like
-movement, so the bytes handed to the kernel are counted instead (written less unsent).
+movement, and the kernel's send buffer (megabytes, on loopback) would hide the stall for hours
+of heartbeats. So progress is what the client has acknowledged: the bytes written, less those
+still in the transport's buffer, less those still in the socket's send queue (SIOCOUTQ).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import struct
+import termios
 from collections.abc import Iterable
 from typing import Any
 
@@ -145,8 +150,11 @@ def close_stalled_requests(connections: Iterable[object], now: float, timeout_s:
             closed += 1
             continue
         unsent = transport.get_write_buffer_size()
-        # Progress: for a stream, the bytes the kernel has taken; else any change of what is unsent.
-        mark = connection.counting.written - unsent if connection.counting is not None else unsent
+        if connection.counting is not None:  # a stream: the bytes the client has acknowledged
+            unsent += _kernel_unacknowledged(transport)
+            mark = connection.counting.written - unsent
+        else:  # a response: any change of what is unsent
+            mark = unsent
         if not unsent:
             connection.write_stalled = None
         elif connection.write_stalled is None or connection.write_stalled[0] != mark:
@@ -155,3 +163,16 @@ def close_stalled_requests(connections: Iterable[object], now: float, timeout_s:
             transport.abort()  # close() would wait for the buffer to drain: for ever
             closed += 1
     return closed
+
+
+def _kernel_unacknowledged(transport: asyncio.Transport) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (Linux SIOCOUTQ, which
+    is TIOCOUTQ); 0 where that cannot be read."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+    return queued

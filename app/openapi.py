@@ -14,7 +14,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
+from app.changelog import REVISION_PATTERN
 from app.listing import DEFAULT_LIMIT, MAX_LIMIT
+from app.routes import JOB, JOBS
 from app.sessionfile import JOB_ID_PATTERN
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -33,11 +35,43 @@ def _json(description: str, schema: dict[str, Any], headers: dict[str, Any] | No
 
 _UNAUTHORIZED = _problem("A bearer token is required (when SESSIONS_API_TOKEN is set) and was missing or wrong.")
 _BOOLEAN = {"type": "string", "enum": ["true", "false", "1", "0"]}
+_STREAM_NOTE = (
+    "With watch=true: a stream of events (SPEC §6), NDJSON by default, Server-Sent Events with "
+    "`Accept: text/event-stream`. Each event is one JSON object "
+    '`{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "revision": R, "object": ...}`.'
+)
+_STREAMS = {
+    "application/x-ndjson": {
+        "schema": {"type": "string", "description": "One event object (see Event) a line."},
+    },
+    "text/event-stream": {
+        "schema": {"type": "string", "description": "`id:`, `event:` (the type) and `data:` (the event object)."},
+    },
+}
+_WATCH = {
+    "name": "watch",
+    "in": "query",
+    "required": False,
+    "description": "true: stream the changes instead of answering once (SPEC §6).",
+    "schema": {**_BOOLEAN, "default": "false"},
+}
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "Resume a watch: the collection's last revision, or the job's last ETag. Wins over revision=.",
+    "schema": {"type": "string"},
+}
+_BUSY = _problem(
+    "At SESSIONS_MAX_STREAMS streams and waiting requests, or warming up, or shutting down (watches and long "
+    "polls only); Retry-After says when to try again."
+)
 
 OPERATIONS: dict[str, dict[str, Any]] = {
-    "/api/v2/jobs/{job_id}": {
+    JOB: {
         "operationId": "getJob",
-        "summary": "One job session document, as its file holds it.",
+        "summary": "One job session document, as its file holds it; its changes with watch=true; a long poll with "
+        "If-None-Match and Prefer: wait=N.",
         "security": [{}, {"bearer": []}],
         "parameters": [
             {
@@ -46,25 +80,53 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 "required": True,
                 "schema": {"type": "string", "pattern": f"^{JOB_ID_PATTERN}$"},
             },
-            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "A 304 when it names the current ETag; with watch=true, the version the client has.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                "description": "wait=N (whole seconds): when If-None-Match names the current ETag, wait up to N "
+                "seconds (capped at SESSIONS_MAX_WAIT_S) for a new version: 200 as soon as one is applied, 404 if "
+                "the session is deleted, 304 after N seconds. Other preferences are ignored.",
+                "schema": {"type": "string", "pattern": "^(.*[,;]\\s*)?wait=\\d{1,12}(\\s*[,;].*)?$"},
+            },
+            _WATCH,
+            _LAST_EVENT_ID,
         ],
         "responses": {
-            "200": _json(
-                "The document; `X-Session-Stale: true` when its file is invalid and this is its last valid version.",
-                {"type": "object", "additionalProperties": True},
-                {
+            "200": {
+                "description": "The document; `X-Session-Stale: true` when its file is invalid and this is its last "
+                "valid version. " + _STREAM_NOTE + " A job's events carry `etag`, and `object` is the whole document.",
+                "content": {
+                    "application/json": {"schema": {"type": "object", "additionalProperties": True}},
+                    **_STREAMS,
+                },
+                "headers": {
                     "ETag": {"schema": {"type": "string"}},
                     "X-Session-Stale": {"schema": {"type": "string", "enum": ["true"]}},
+                    "Preference-Applied": {"schema": {"type": "string"}, "description": "wait=N, as applied."},
                 },
-            ),
-            "304": {"description": "Not modified: If-None-Match matches the current ETag."},
-            "400": _problem("Not a job id."),
+            },
+            "304": {
+                "description": "Not modified: If-None-Match matches the current ETag (after the wait, in a long poll).",
+                "headers": {"Preference-Applied": {"schema": {"type": "string"}}},
+            },
+            "400": _problem("Not a job id; a watch with revision= (job watches resume by ETag); a malformed Prefer."),
             "401": _UNAUTHORIZED,
             "404": _problem("No such session, or its file has never been valid (the detail says why)."),
-            "503": _problem("The session exists but cannot be read right now; retry."),
+            "503": _problem(
+                "The session exists but cannot be read right now; or, for a watch or a long poll, the stream limit "
+                "is reached, or the service warms up or shuts down. Retry (Retry-After)."
+            ),
         },
     },
-    "/api/v2/jobs": {
+    JOBS: {
         "operationId": "listJobs",
         "summary": "Summaries of job sessions, newest `updated_at` first, in keyset pages.",
         "security": [{}, {"bearer": []}],
@@ -103,18 +165,39 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 "description": "Opaque: from the previous page's Link.",
                 "schema": {"type": "string"},
             },
+            _WATCH,
+            {
+                "name": "revision",
+                "in": "query",
+                "required": False,
+                "description": "With watch=true: every change after this revision (from X-Revision, an event, or "
+                "/readyz); without it, first an ADDED event for every matching session, then a BOOKMARK with "
+                '"initial_events_end": true.',
+                "schema": {"type": "string", "pattern": f"^{REVISION_PATTERN}$"},
+            },
+            _LAST_EVENT_ID,
         ],
         "responses": {
-            "200": _json(
-                "A page of summaries.",
-                {"type": "array", "items": {"$ref": "#/components/schemas/Summary"}},
-                {
+            "200": {
+                "description": "A page of summaries. " + _STREAM_NOTE,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Summary"}}
+                    },
+                    **_STREAMS,
+                },
+                "headers": {
                     "X-Total-Count": {"schema": {"type": "integer"}},
                     "Link": {"schema": {"type": "string"}, "description": 'The next page: <...>; rel="next".'},
+                    "X-Revision": {"schema": {"type": "string"}, "description": "The revision the page reflects."},
                 },
-            ),
-            "400": _problem("A bad limit, cursor or boolean."),
+            },
+            "400": _problem("A bad limit, cursor, boolean or revision; watch=true with limit or cursor."),
             "401": _UNAUTHORIZED,
+            "410": _problem(
+                "watch=true from a revision this replica does not hold: list again, watch from X-Revision."
+            ),
+            "503": _BUSY,
         },
     },
     "/livez": {
@@ -172,13 +255,25 @@ COMPONENTS: dict[str, Any] = {
                 "updated_at": _NULLABLE_ANY,
             },
         },
+        "Event": {
+            "type": "object",
+            "required": ["type", "revision"],
+            "description": "A change-stream event (NDJSON line, or SSE data).",
+            "properties": {
+                "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
+                "revision": {"type": "string"},
+                "etag": {"type": "string", "description": "Job watches: the version's ETag."},
+                "initial_events_end": {"type": "boolean"},
+                "object": {"description": "A summary (collection), a document (job), or a problem (ERROR)."},
+            },
+        },
         "Readiness": {
             "type": "object",
             "required": ["status"],
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "warming", "draining"]},
                 "sessions": {"type": "integer"},
-                "revision": {"type": "integer"},
+                "revision": {"type": "string", "pattern": f"^{REVISION_PATTERN}$"},
             },
         },
     },

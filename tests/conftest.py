@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support import Server, start_server
+from tests.watch_support import Watch
 
 
 @pytest.fixture
@@ -32,3 +33,18 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def watch() -> Iterator[Callable[..., Watch]]:
+    """Open a real streaming client on a change stream (`Watch`); all are closed in teardown."""
+    opened: list[Watch] = []
+
+    def open_watch(server: Server, path: str, **kwargs: Any) -> Watch:
+        stream = Watch(server.base_url, path, **kwargs)
+        opened.append(stream)
+        return stream
+
+    yield open_watch
+    for stream in opened:
+        stream.close()

@@ -98,7 +98,16 @@ def test_the_job_id_parameter_is_the_spec_pattern(document: dict[str, Any]) -> N
 
 def test_the_list_parameters_are_the_endpoints_limits(document: dict[str, Any]) -> None:
     listed = parameters(document, "/api/v2/jobs")
-    assert set(listed) == {"status", "user_id", "include_saved", "limit", "cursor"}
+    assert set(listed) == {
+        "status",
+        "user_id",
+        "include_saved",
+        "limit",
+        "cursor",
+        "watch",
+        "revision",
+        "Last-Event-ID",
+    }
     limit = listed["limit"]
     assert limit["in"] == "query" and not limit["required"]
     assert limit["schema"]["type"] == "integer"

@@ -30,7 +30,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for n in range(25):
         put_session(folder, f"job-{n}", status=["running", "completed", "pending_hitl"][n % 3], user_id=f"u{n % 4}")
     (folder / "broken.json").write_bytes(b"{nope")
-    server = start_server(folder, tmp_path_factory.mktemp("logs"), env={"SESSIONS_LOG_LEVEL": "warning"})
+    # Streams and long polls the fuzzer opens (watch=true, Prefer: wait=N) end within a second.
+    env = {"SESSIONS_LOG_LEVEL": "warning", "SESSIONS_STREAM_TIMEOUT_S": "0.2", "SESSIONS_MAX_WAIT_S": "1"}
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env=env)
     yield server
     assert server.process.poll() is None, "the server died"
     assert server.stop() == 0
