@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, draining: threading.Event | Non
     uvicorn workers call)."""
     settings = settings if settings is not None else load_settings(os.environ)
     draining = draining if draining is not None else DRAINING
-    metrics = Metrics()
+    metrics = Metrics(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

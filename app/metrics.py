@@ -20,6 +20,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -28,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from app.jobs import MissLoader
     from app.reconciler import Reconciler
+    from app.settings import Settings
     from app.store import Change, SessionStore
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -41,12 +43,17 @@ def multiprocess_dir() -> str | None:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self.multiprocess = multiprocess_dir() is not None
         # A registry per app, so that apps built in one process (tests) do not collide; in
         # multiprocess mode values live in files and a scrape collects them afresh.
         self.registry = CollectorRegistry()
         registry = None if self.multiprocess else self.registry
+        if not self.multiprocess:
+            # process_start_time_seconds (restarts), memory, CPU, file descriptors. Not in
+            # multiprocess mode: one worker answers each scrape, and its own figures would be
+            # reported for all of them, a different worker's each time.
+            ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "sessions_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=registry
         )
@@ -106,6 +113,17 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        # sessions_watcher_up is 0 by design in poll and off modes: alerts tell "down" from "not
+        # used" by this (deploy/prometheus/alerts.yaml).
+        self.watch_mode = Gauge(
+            "sessions_watch_mode",
+            "1 for the SESSIONS_WATCH mode this process runs in (auto, poll or off).",
+            ["mode"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        if settings is not None:
+            self.watch_mode.labels(settings.watch).set(1)
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
         )
