@@ -140,3 +140,26 @@ def exposed_names(exposition: str) -> set[str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
+
+
+def check_latency_selectors(where: str, expr: str) -> None:
+    """Every selector of request durations excludes the stream routes and keeps some reads."""
+    for selector in selectors(expr):
+        if not (selector.name or "").startswith("sessions_http_request_duration_seconds"):
+            continue
+        kept = [*READ_ROUTES, *STREAM_ROUTES]
+        for matcher in selector.matchers.matchers:
+            if matcher.name == "route":
+                kept = [route for route in kept if route_matches(matcher.op, matcher.value, route)]
+        assert not set(kept) & set(STREAM_ROUTES), f"{where}: {selector} counts streams: {kept}"
+        assert kept, f"{where}: {selector} keeps no read route"
+
+
+def route_matches(op: promql_parser.MatchOp, value: str, route: str) -> bool:
+    if op == promql_parser.MatchOp.Equal:
+        return route == value
+    if op == promql_parser.MatchOp.NotEqual:
+        return route != value
+    # Prometheus anchors label regexes at both ends.
+    found = re.fullmatch(value, route) is not None
+    return found if op == promql_parser.MatchOp.Re else not found

@@ -14,7 +14,6 @@ from types import ModuleType
 from typing import Any
 
 import jsonschema
-import promql_parser
 import pytest
 import yaml
 
@@ -23,18 +22,16 @@ from tests.monitoring_support import (
     PODMONITOR,
     PROMETHEUSRULE,
     PROMETHEUSRULE_SCRIPT,
-    READ_ROUTES,
     RECORDED_NAME,
     RULE_TESTS,
     RULES,
-    STREAM_ROUTES,
     alerts,
+    check_latency_selectors,
     metric_names,
     promtool,
     recorded_names,
     rule_file,
     rules,
-    selectors,
 )
 from tests.support import REPO
 
@@ -170,29 +167,6 @@ def test_recording_rules_are_named_level_metric_operation_and_used() -> None:
 def test_latency_rules_leave_out_streams_and_long_polls() -> None:
     for rule in rules():
         check_latency_selectors(rule.get("alert") or rule["record"], rule["expr"])
-
-
-def check_latency_selectors(where: str, expr: str) -> None:
-    """Every selector of request durations excludes the stream routes and keeps some reads."""
-    for selector in selectors(expr):
-        if not (selector.name or "").startswith("sessions_http_request_duration_seconds"):
-            continue
-        kept = [*READ_ROUTES, *STREAM_ROUTES]
-        for matcher in selector.matchers.matchers:
-            if matcher.name == "route":
-                kept = [route for route in kept if route_matches(matcher.op, matcher.value, route)]
-        assert not set(kept) & set(STREAM_ROUTES), f"{where}: {selector} counts streams: {kept}"
-        assert kept, f"{where}: {selector} keeps no read route"
-
-
-def route_matches(op: promql_parser.MatchOp, value: str, route: str) -> bool:
-    if op == promql_parser.MatchOp.Equal:
-        return route == value
-    if op == promql_parser.MatchOp.NotEqual:
-        return route != value
-    # Prometheus anchors label regexes at both ends.
-    found = re.fullmatch(value, route) is not None
-    return found if op == promql_parser.MatchOp.Re else not found
 
 
 def test_latency_check_catches_stream_routes() -> None:
