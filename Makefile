@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench prometheusrule clean
 
 install: $(STAMP)
 
@@ -24,12 +24,16 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench deploy
+	$(BIN)/ruff format --check app tests bench deploy
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# After editing deploy/prometheus/alerts.yaml: copy its rules into the PrometheusRule.
+prometheusrule:
+	$(PYTHON) deploy/prometheus/prometheusrule.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -20,6 +20,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -57,6 +58,11 @@ class Metrics:
         # multiprocess mode values live in files and a scrape collects them afresh.
         self.registry = CollectorRegistry()
         registry = None if self.multiprocess else self.registry
+        if not self.multiprocess:
+            # process_start_time_seconds (restarts), memory, CPU, file descriptors. Not in
+            # multiprocess mode: one worker answers each scrape, and its own figures would be
+            # reported for all of them, a different worker's each time.
+            ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "sessions_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=registry
         )
@@ -116,6 +122,17 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        # sessions_watcher_up is 0 by design in poll and off modes: alerts tell "down" from "not
+        # used" by this (deploy/prometheus/alerts.yaml).
+        self.watch_mode = Gauge(
+            "sessions_watch_mode",
+            "1 for the SESSIONS_WATCH mode this process runs in (auto, poll or off).",
+            ["mode"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        if settings is not None:
+            self.watch_mode.labels(settings.watch).set(1)
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
         )

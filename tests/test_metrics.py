@@ -69,7 +69,8 @@ def test_the_exposition_parses_and_follows_the_naming_conventions(
     assert server.get("/metrics").headers["cache-control"] == "no-store"
     for family in scraped.families.values():
         assert METRIC_NAME.fullmatch(family.name), family.name
-        assert family.name.startswith("sessions_"), family.name  # one namespace
+        # One namespace, and prometheus-client's standard process figures (restarts, memory).
+        assert family.name.startswith(("sessions_", "process_")), family.name
         assert family.documentation, f"{family.name} has no HELP"
         if family.type == "counter":
             assert not family.name.endswith("_total"), family.name  # the parser strips it; no _total_total

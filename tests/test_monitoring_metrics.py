@@ -1,0 +1,106 @@
+"""The alerts and the dashboard read metrics the service really exports: a real server's /metrics
+is scraped, and every metric named in a rule or a dashboard query must be there, so a rename in
+app/metrics.py fails here rather than silently blanking an alert. Also the two figures that
+exist for the alerts: the watch mode, and the process metrics behind the restart alert."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.monitoring_support import (
+    as_promql,
+    dashboard_queries,
+    exposed_names,
+    metric_names,
+    recorded_names,
+    rules,
+)
+from tests.ops_support import parse, worker_pids
+from tests.support import Server, put_session, wait_until
+
+
+def used_metrics() -> dict[str, set[str]]:
+    """metric name -> where it is used (rules and dashboard), recording rules' own names left out."""
+    used: dict[str, set[str]] = {}
+    for rule in rules():
+        for name in metric_names(rule["expr"]):
+            used.setdefault(name, set()).add(f"rule {rule.get('alert') or rule['record']}")
+    for where, expr in dashboard_queries():
+        for name in metric_names(as_promql(expr)):
+            used.setdefault(name, set()).add(where)
+    return {name: places for name, places in used.items() if name not in recorded_names()}
+
+
+def metrics_text(server: Server) -> str:
+    response = server.get("/metrics")
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_the_name_parser_reads_names_only() -> None:
+    """Guard for the test below: functions, labels, grouping, ranges and offsets are no names."""
+    expr = (
+        'histogram_quantile(0.99, sum by (le, route) (rate(a_bucket{route!~".+[?](watch|wait)"}[5m])))'
+        " > on (instance) group_left (mode) b_total offset 5m"
+        ' and present_over_time({__name__="c"}[1h]) unless ignoring (kind) level:d:rate5m'
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c", "level:d:rate5m"}
+    assert metric_names(as_promql('sum(rate(e{job=~"$job"}[$__rate_interval]))')) == {"e"}
+
+
+def test_the_exposition_reader_counts_families_without_samples() -> None:
+    text = '# HELP x_total X.\n# TYPE x_total counter\n# HELP h Time.\n# TYPE h histogram\ng{mode="auto"} 1.0\n'
+    assert exposed_names(text) == {"x_total", "h_bucket", "h_count", "h_sum", "g"}
+
+
+def test_every_metric_the_alerts_and_dashboard_read_is_exported(
+    sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    put_session(sessions_dir, "job-1")
+    server = serve(sessions_dir)
+    assert server.get("/api/v2/jobs/job-1").status_code == 200
+    exposed = exposed_names(metrics_text(server))
+    used = used_metrics()
+    assert len(used) >= 30, sorted(used)
+    missing = {name: sorted(places) for name, places in used.items() if name not in exposed}
+    assert not missing, "metrics the rules or the dashboard read, not in /metrics:\n" + "\n".join(
+        f"  {name}: {', '.join(places)}" for name, places in sorted(missing.items())
+    )
+
+
+@pytest.mark.parametrize("mode", ["auto", "poll", "off"])
+def test_the_watch_mode_is_exported(mode: str, sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    server = serve(sessions_dir, env={"SESSIONS_WATCH": mode})
+    scraped = parse(metrics_text(server))
+    assert scraped.samples("sessions_watch_mode") == [({"mode": mode}, 1.0)]
+    if mode == "auto":
+        # What JobSessionsNativeWatcherDown tells apart: up in auto mode, 0 by design otherwise.
+        wait_until(lambda: parse(metrics_text(server)).value("sessions_watcher_up") == 1, 10, what="watcher up")
+    else:
+        assert scraped.value("sessions_watcher_up") == 0
+
+
+def test_process_metrics_describe_the_server_process(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    before = time.time()
+    server = serve(sessions_dir)
+    scraped = parse(metrics_text(server))
+    started = scraped.value("process_start_time_seconds")
+    # /proc gives the start in clock ticks (1/100 s) since boot: allow for that rounding.
+    assert before - 1 <= started <= time.time(), (before, started)
+    assert scraped.value("process_resident_memory_bytes") > 10 * 2**20
+    assert scraped.value("process_open_fds") > 0
+
+
+def test_several_workers_export_no_process_metrics(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """With --workers N each scrape is answered by one worker, whose own process figures would
+    stand for all of them: they are left out (deploy/README.md says what to use instead)."""
+    server = serve(sessions_dir, args=("--workers", "2"))
+    wait_until(lambda: len(worker_pids(server)) == 2, 30, what="two workers")
+    scraped = parse(metrics_text(server))
+    assert not [name for name in scraped.families if name.startswith("process_")]
+    # One series per mode, without a pid label: the alert's `and ignoring (mode)` still matches.
+    assert scraped.samples("sessions_watch_mode") == [({"mode": "auto"}, 1.0)]
