@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run cluster test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app --host 127.0.0.1 --port 8000
 
+# Three replicas (CLUSTER_REPLICAS=N for more) behind HAProxy, on http://127.0.0.1:8080.
+cluster: $(STAMP)
+	$(BIN)/python -m cluster
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -24,12 +28,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench cluster
+	$(BIN)/ruff format --check app tests bench cluster
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster
