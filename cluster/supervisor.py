@@ -73,12 +73,18 @@ class Cluster:
                 replica.wait_ready(timeout)
             self.balancer.start()
             self.wait_routed([replica.name for replica in wanted], timeout=timeout)
+            # HAProxy starts with every server UP until its checks fail (`UP 1/2`): wait for
+            # those not started to be out of rotation, so that the cluster is settled.
+            others = [replica.name for replica in self.replicas if replica not in wanted]
+            self.wait_routed(others, up=False, timeout=timeout)
         except BaseException:
             self.stop()
             raise
 
     def wait_routed(self, names: Iterable[str], up: bool = True, timeout: float = 30.0) -> None:
-        """Wait until HAProxy has these replicas in rotation (`up`) or out of it."""
+        """Wait until HAProxy has these replicas in rotation and healthy (`UP`), or out of
+        rotation (`up=False`: DOWN, going up, in maintenance; `UP 1/2`, going down, still
+        takes traffic)."""
         names = list(names)
 
         def settled() -> bool:
@@ -88,7 +94,9 @@ class Cluster:
                 states = self.balancer.server_states()
             except OSError:
                 return False  # the stats listener is not up yet
-            return all((states.get(name) == "UP") == up for name in names)
+            if up:
+                return all(states.get(name) == "UP" for name in names)
+            return all(not states.get(name, "UP").startswith("UP") for name in names)
 
         try:
             wait_for(settled, timeout, f"HAProxy to have {', '.join(names)} {'UP' if up else 'out of rotation'}")
