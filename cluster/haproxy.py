@@ -15,10 +15,10 @@ import shutil
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from cluster.process import Child, environment
+from cluster.process import Child, ClusterError, Timeout, environment, wait_for
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
 INSTALL_HINT = (
@@ -94,9 +94,10 @@ class Balancer(Child):
         replicas: list[str],
         log_dir: Path,
         prefix: tuple[str, ...] = (),
+        name: str = "haproxy",
     ) -> None:
         env = environment(("LB_", "REPLICA_"), variables(bind, stats_bind, replicas))
-        super().__init__("haproxy", [*prefix, binary() or "haproxy", "-db", "-f", str(config)], env, log_dir)
+        super().__init__(name, [*prefix, binary() or "haproxy", "-db", "-f", str(config)], env, log_dir)
         self.config = config
         self.bind = bind
         self.stats_bind = stats_bind
@@ -122,6 +123,27 @@ class Balancer(Child):
             for row in self.stats()
             if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")
         }
+
+    def wait_routed(self, names: Iterable[str], up: bool = True, timeout: float = 30.0) -> None:
+        """Wait until these replicas are in rotation and healthy (`UP`), or out of rotation
+        (`up=False`: DOWN, going up, in maintenance; `UP 1/2`, going down, still takes traffic)."""
+        names = list(names)
+
+        def settled() -> bool:
+            if not self.running():
+                raise ClusterError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                states = self.server_states()
+            except OSError:
+                return False  # the stats listener is not up yet
+            if up:
+                return all(states.get(name) == "UP" for name in names)
+            return all(not states.get(name, "UP").startswith("UP") for name in names)
+
+        try:
+            wait_for(settled, timeout, f"{self.name} to have {', '.join(names)} {'UP' if up else 'out of rotation'}")
+        except Timeout as exc:
+            raise Timeout(f"{exc}\n{self.log_tail()}") from None
 
     def server_counters(self, name: str) -> dict[str, int]:
         """Retries (`wretr`), redispatches (`wredis`), failed connections (`econ`) and failed

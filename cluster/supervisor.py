@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cluster import haproxy
-from cluster.process import ClusterError, Timeout, wait_for
+from cluster.process import ClusterError
 from cluster.replica import HOST, Replica, free_port
 
 
@@ -29,9 +29,12 @@ class Cluster:
         stats_port: int | None = None,
         prefix: tuple[str, ...] = (),
         haproxy_prefix: tuple[str, ...] = (),
+        configuration: str | None = None,
     ) -> None:
         """`env`: the replicas' settings (SESSIONS_*); `prefix`/`haproxy_prefix`: a command
-        to run each under (e.g. `taskset -c 0`)."""
+        to run each under (e.g. `taskset -c 0`); `configuration`: HAProxy's, instead of the
+        reference rendered for these replicas (a benchmark's variant)."""
+        self.configuration = configuration
         self.work_dir = work_dir
         self.log_dir = work_dir / "logs"
         self.replicas = [
@@ -65,7 +68,8 @@ class Cluster:
             raise ClusterError(haproxy.INSTALL_HINT)
         wanted = [self.replica(name) for name in replicas] if replicas is not None else self.replicas
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(haproxy.render(len(self.replicas)), encoding="utf-8")
+        configuration = self.configuration or haproxy.render(len(self.replicas))
+        self.config_path.write_text(configuration, encoding="utf-8")
         try:
             for replica in wanted:
                 replica.start()
@@ -82,26 +86,8 @@ class Cluster:
             raise
 
     def wait_routed(self, names: Iterable[str], up: bool = True, timeout: float = 30.0) -> None:
-        """Wait until HAProxy has these replicas in rotation and healthy (`UP`), or out of
-        rotation (`up=False`: DOWN, going up, in maintenance; `UP 1/2`, going down, still
-        takes traffic)."""
-        names = list(names)
-
-        def settled() -> bool:
-            if not self.balancer.running():
-                raise ClusterError(f"haproxy exited:\n{self.balancer.log_tail()}")
-            try:
-                states = self.balancer.server_states()
-            except OSError:
-                return False  # the stats listener is not up yet
-            if up:
-                return all(states.get(name) == "UP" for name in names)
-            return all(not states.get(name, "UP").startswith("UP") for name in names)
-
-        try:
-            wait_for(settled, timeout, f"HAProxy to have {', '.join(names)} {'UP' if up else 'out of rotation'}")
-        except Timeout as exc:
-            raise Timeout(f"{exc}\n{self.balancer.log_tail()}") from None
+        """Wait until HAProxy has these replicas in rotation (`UP`), or out of it."""
+        self.balancer.wait_routed(names, up, timeout)
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
         """SIGTERM everything at once (the replicas drain in parallel); SIGKILL what is left
