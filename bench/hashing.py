@@ -75,7 +75,8 @@ def run(
         for r in range(rounds):
             for mode in order[r % 2 :] + order[: r % 2]:
                 balancer = modes[mode]
-                wrk.run(balancer.url, paths, max(3.0, seconds / 2), seed=100 + r)  # priming
+                # Priming, as long as the measured run: the caches settle to what this mode leaves.
+                wrk.run(balancer.url, paths, max(3.0, seconds), seed=100 + r)
                 hits, misses = cache_counters(cluster)
                 busy, ours = _busy_s(), _ours_cpu_s(cluster, balancer)
                 result = wrk.run(balancer.url, paths, seconds, seed=r + 1)

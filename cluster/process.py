@@ -98,6 +98,12 @@ class Child:
     def stop(self, timeout: float = 30.0) -> int | None:
         """A clean stop (`stop_signal`), then SIGKILL if it has not exited within `timeout` s."""
         self.send(self.stop_signal)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float = 30.0) -> int | None:
+        """Wait for an exit already asked for, SIGKILL after `timeout` s. Never signal twice:
+        a second SIGTERM can land after the program has put the default handler back, and
+        kill it in the middle of its clean stop."""
         status = self.wait(timeout)
         if status is None and self.running():
             self.kill()

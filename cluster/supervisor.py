@@ -95,7 +95,7 @@ class Cluster:
         children = [self.balancer, *self.replicas]
         for child in children:
             child.send(child.stop_signal)
-        return {child.name: child.stop(timeout) for child in children}
+        return {child.name: child.finish(timeout) for child in children}
 
     def __enter__(self) -> Cluster:
         self.start()

@@ -92,6 +92,8 @@ def test_each_job_is_answered_by_one_replica_and_lists_spread(
         request_id = response.headers["x-request-id"]
         named = cluster.replica(response.headers["x-served-by"])
         wait_until(lambda: any(e.get("request_id") == request_id for e in json_logs(named)), what="the id HAProxy set")
+    # A clean stop: HAProxy's soft stop and every replica's drain end in exit status 0.
+    assert cluster.stop() == {"haproxy": 0, "replica1": 0, "replica2": 0, "replica3": 0}
 
 
 @pytest.mark.slow
@@ -229,7 +231,9 @@ def test_python_m_cluster_serves_one_url_and_leaves_nothing_behind(tmp_path: Pat
         process.send_signal(sig)
         status = process.wait(60)
         if sig != signal.SIGKILL:
-            assert status == 0, (tmp_path / "cluster.out").read_text()
+            output = (tmp_path / "cluster.out").read_text()
+            assert status == 0, output
+            assert "exit statuses" not in output, "a child did not stop cleanly"
         # SIGKILL leaves no chance to clean up: the children go by themselves (PR_SET_PDEATHSIG).
         wait_until(lambda: all(gone(pid) for pid in shown["pids"]), timeout=60, what="every child to exit")
     finally:

@@ -128,7 +128,7 @@ def test_health_checks_ask_readiness() -> None:
         assert " track by_job/" in line, line
     # Down within a few seconds of a replica turning 503 (draining), which the shutdown delay
     # of `make cluster` and of deploy/README.md is sized on.
-    server_defaults = only(defaults, "default-server").split()
+    server_defaults = " ".join(lines_starting(defaults, "default-server")).split()
     inter = seconds(server_defaults[server_defaults.index("inter") + 1])
     fastinter = seconds(server_defaults[server_defaults.index("fastinter") + 1])
     fall = int(server_defaults[server_defaults.index("fall") + 1])
