@@ -4,8 +4,8 @@ throughput (random ids over the whole folder, and over the newest 10,000, which 
 at every size), one full rescan, and what listing the folder costs by itself. The figures the
 10-million plan (README, "Capacity") is built on.
 
-Folders are generated once into a cache folder that outlives the run (1,000,000 files: ~4 GB on disk
-and take minutes to write): BENCH_CACHE_DIR, default /tmp/sessions-bench-cache. The smaller sizes
+Folders are generated once into a cache folder that outlives the run (1,000,000 files take ~4 GB on disk
+and minutes to write): BENCH_CACHE_DIR, default /tmp/sessions-bench-cache. The smaller sizes
 are hard links to the first files of the biggest.
 """
 
