@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench prometheusrule clean
+.PHONY: install run test test-fast cluster lint bench prometheusrule clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app --host 127.0.0.1 --port 8000
 
+# Three replicas (CLUSTER_REPLICAS=N for more) behind HAProxy, on http://127.0.0.1:8080.
+cluster: $(STAMP)
+	$(BIN)/python -m cluster
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -24,8 +28,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench deploy
-	$(BIN)/ruff format --check app tests bench deploy
+	$(BIN)/ruff check app tests bench deploy cluster
+	$(BIN)/ruff format --check app tests bench deploy cluster
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -36,4 +40,4 @@ prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster

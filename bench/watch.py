@@ -100,8 +100,9 @@ def _lag(srv: server.Server, folder: Path, kind: str, config: WatchConfig, job: 
 def _idle(srv: server.Server, folder: Path, config: WatchConfig, log: Callable[[str], None]) -> dict[str, Any]:
     time.sleep(1.0)
     rss_before = srv.rss_bytes()
-    clients = Clients("idle", "--port", str(srv.port), "--folder", str(folder), "--count", str(config.idle_streams),
-                      "--events", str(config.idle_events), "--interval", "0.1", "--revision", _revision(srv))  # fmt: skip
+    clients = Clients("idle", "--port", str(srv.port), "--folder", str(folder),
+                      "--count", str(config.idle_streams), "--events", str(config.idle_events),
+                      "--interval", "0.1", "--revision", _revision(srv))  # fmt: skip
     try:
         opened_at = time.monotonic()
         clients.read("ready", timeout_s=600)
