@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for, wait_for_scrape
-from tests.reliability_support import logged
+from tests.reliability_support import logged, logs_settled
 from tests.support import (
     REPO,
     Server,
@@ -201,6 +201,7 @@ def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
     for _ in range(3):
         assert server.get("/api/v2/jobs/bad").status_code == 404
     wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten rescans")
+    logs_settled(server)
     assert len(invalid_warnings(server, "bad")) == 1
 
     write_in_place(sessions_dir / "bad.json", b'{"job_id": "other"}')  # a change: a new reason
@@ -208,6 +209,7 @@ def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
     assert "job_id" in second[0]["reason"]
     rescans = scrape(server).value("sessions_rescans_total")
     wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten more rescans")
+    logs_settled(server)
     assert len(invalid_warnings(server, "bad")) == 2
     assert invalid_warnings(server, "good") == []
 
@@ -233,7 +235,9 @@ def test_the_workers_log_too(sessions_dir: Path, serve: Callable[..., Server]) -
         return {e["pid"] for e in server.json_logs() if e["message"] == "serving sessions"}
 
     assert len(wait_for(lambda: serving() if len(serving()) >= 2 else None, 10, "both workers")) == 2
-    assert len(invalid_warnings(server, "bad")) == 2  # each worker has its own store
+    # each worker has its own store, and logs the file at its warm-up
+    wait_until(lambda: len(invalid_warnings(server, "bad")) >= 2, 10, what="both workers' warnings")
+    assert len(invalid_warnings(server, "bad")) == 2
     for line in server.logs():
         orjson.loads(line)
 
@@ -302,7 +306,7 @@ def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_
                     break
         assert dropped >= 100
         # Nothing waited on stdout: a request that did would wait until the test reads it.
-        assert slowest < 5, f"a request took {slowest:.1f} s while stdout was stuck"
+        assert slowest < 8, f"a request took {slowest:.1f} s while stdout was stuck"
         assert server.get("/readyz").status_code == 200
 
         copier = copy_stdout(server)  # the log shipper is back
