@@ -90,7 +90,7 @@ def test_lines_are_written_within_the_flush_interval_without_a_flush(tmp_path: P
 
 def test_a_pipe_nobody_reads_never_blocks_and_the_drop_is_counted_then_said_once(pipe: tuple[int, int]) -> None:
     read_end, write_end = pipe
-    writer = LogWriter(write_end, max_bytes=256 * 1024)
+    writer = LogWriter(write_end, max_lines=2560, max_bytes=256 * 1024)
     handler = WriterHandler(writer)
     handler.setFormatter(JsonFormatter())
     app_logs = logging.getLogger("app.logs")
@@ -103,8 +103,9 @@ def test_a_pipe_nobody_reads_never_blocks_and_the_drop_is_counted_then_said_once
             writer.write(line(n))
         assert time.monotonic() - started < 10, "write() waited on the pipe"
         dropped = writer.dropped
-        # 40,000 lines of 100 bytes, at most the pipe's 64 KiB (or a little more) plus 256 KiB kept
-        assert 40_000 - (64 + 256) * 1024 // 100 - 200 <= dropped < 40_000, dropped
+        # Of 40,000 lines of 100 bytes, kept at most: what the pipe holds (64 KiB), what the
+        # writer is stuck writing and what waits behind it (256 KiB each), and the queue.
+        assert 40_000 - (64 + 2 * 256) * 1024 // 100 - 2560 - 200 <= dropped < 40_000, dropped
         assert not writer.flush(0.3)  # the writer thread is stuck in its write, alone
 
         received, stop, reader = start_draining(read_end)
@@ -271,3 +272,22 @@ def test_the_access_log_writes_to_its_writer(tmp_path: Path) -> None:
     entries = [orjson.loads(x) for x in path.read_bytes().splitlines()]
     assert [e["request_id"] for e in entries] == ["id-0", "id-1", "id-2"]
     assert all(e["message"] == "GET /livez 200" and e["logger"] == "app.access" for e in entries)
+
+
+def test_request_ids_the_middleware_lets_through_need_no_json_escape() -> None:
+    """The access line writes the request id between quotes as it is: only characters that JSON
+    leaves unescaped may pass the middleware's check."""
+    from app.middleware import _REQUEST_ID
+
+    for code in range(256):
+        char = bytes([code])
+        if _REQUEST_ID.fullmatch(char):
+            assert orjson.dumps(char.decode()) == b'"' + char + b'"', char
+
+
+def test_the_parts_kept_per_method_route_and_status_are_bounded(pipe: tuple[int, int]) -> None:
+    access = AccessLog(LogWriter(pipe[1]), "json")
+    for n in range(2000):  # methods are the client's to choose
+        entry = orjson.loads(access.line(time.time(), f"M{n}", "unmatched", "/x", 405, 0.001, b"r", "127.0.0.1"))
+        assert entry["method"] == f"M{n}" and entry["message"] == f"M{n} unmatched 405"
+    assert len(access._parts) <= 512
