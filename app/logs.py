@@ -1,14 +1,21 @@
-"""Structured logs on stdout: one JSON object a line, or readable text."""
+"""Structured logs on stdout: one JSON object a line, or readable text.
+
+Every line goes through the process's `LogWriter` (app.logwriter): `logging` records through a
+handler, access lines straight from the middleware (app.accesslog), in one buffer and in order,
+so that neither a request nor a warning ever waits on stdout.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from app import logwriter
+from app.accesslog import NAME as ACCESS_LOGGER
+from app.accesslog import AccessLog, LoggerAccessLog
 from app.settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -45,9 +52,21 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class AccessLogger(Protocol):
+    def write(
+        self, method: str, route: str, path: str, status: int, seconds: float, request_id: bytes, client: str | None
+    ) -> None: ...
+
+
+_access_log: AccessLog | None = None
+
+
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    global _access_log
+    writer = logwriter.install()
+    handler = logwriter.WriterHandler(writer)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    _access_log = AccessLog(writer, settings.log_format)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -58,3 +77,10 @@ def configure_logging(settings: Settings) -> None:
     # watchfiles logs every batch at info; its faults reach us as exceptions.
     logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True  # app.access writes the access log
+
+
+def access_log() -> AccessLogger | None:
+    """What writes this process's access lines: None when they are off (a level above info)."""
+    if not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
+        return None
+    return _access_log if _access_log is not None else LoggerAccessLog()

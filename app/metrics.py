@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Receive, Scope, Send
 
+from app import logwriter
 from app.events import TYPES as EVENT_TYPES
 from app.hub import LAG_BUCKETS as _STREAM_LAG_BUCKETS
 from app.streams import End
@@ -150,6 +151,11 @@ class Metrics:
         self.transient_errors = Counter(
             "sessions_transient_read_errors",
             "Reads that failed for lack of resources and were retried.",
+            registry=registry,
+        )
+        self.log_lines_dropped = Counter(
+            "sessions_log_lines_dropped",
+            "Log lines dropped because stdout was not draining (its buffer was full).",
             registry=registry,
         )
         self.loop_lag = Histogram(
@@ -291,6 +297,7 @@ class Metrics:
         self._advance(self.rescans, "rescans", reconciler.stats.rescans)
         self._advance(self.rescan_seconds, "rescan_seconds", reconciler.stats.rescan_seconds)
         self._advance(self.transient_errors, "transient", reconciler.stats.transient_errors)
+        self._advance(self.log_lines_dropped, "log_lines_dropped", logwriter.dropped_lines())
         self.ready.set(1 if reconciler.ready.is_set() else 0)
         if reconciler.stats.warmup_seconds is not None:
             self.warmup.set(reconciler.stats.warmup_seconds)

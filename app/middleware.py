@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import logging
 import random
 import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.logs import access_log
 from app.metrics import Metrics
 from app.problems import problem
 from app.routes import route_label
-
-access_logger = logging.getLogger("app.access")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -27,7 +25,7 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         # Logging is configured before the app is built; deciding once saves a lookup a request.
-        self.log_access = access_logger.isEnabledFor(logging.INFO)
+        self.access_log = access_log()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,21 +57,10 @@ class RequestObserver:
             route = route_label(scope)
             method = scope["method"]
             self.metrics.observe_request(route, method, status, seconds)
-            if self.log_access:
-                access_logger.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "path": scope["path"][:256],
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "request_id": request_id.decode(),
-                        "client": scope["client"][0] if scope.get("client") else None,
-                    },
+            if self.access_log is not None:
+                client = scope.get("client")
+                self.access_log.write(
+                    method, route, scope["path"], status, seconds, request_id, client[0] if client else None
                 )
 
 

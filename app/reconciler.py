@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app import sessionfile
+from app import fileversion, sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
+from app.fileversion import signature
 from app.pending import PendingChanges
-from app.sessionfile import RACY_WINDOW_NS, LoadedFile, job_id_for, signature
+from app.sessionfile import LoadedFile, job_id_for
 from app.settings import Settings
 from app.store import Change, SessionStore
 from app.watcher import NativeWatcher
@@ -211,7 +212,7 @@ class Reconciler:
                 job_id = job_id_for(entry.name)
                 if job_id is None:
                     continue
-                st = _stat_following_links(entry.path)
+                st = fileversion.stat_following_links(entry.path)
                 if st is None:
                     continue  # deleted since listed
                 if stat.S_ISDIR(st.st_mode):
@@ -258,22 +259,15 @@ class Reconciler:
         """Make the store agree with the file `<job_id>.json` as it is now."""
         path = os.path.join(self.root, job_id + sessionfile.SUFFIX)
         try:
-            st = os.stat(path)
+            st = fileversion.stat(path)
         except FileNotFoundError:
-            try:
-                link = os.lstat(path)
-            except FileNotFoundError:
-                self._applied(self.store.apply_deleted(job_id), job_id)
-                return
-            self._invalid(job_id, link, "a link to a file that does not exist")
+            self._applied(self.store.apply_deleted(job_id), job_id)
             return
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                self._invalid(job_id, os.lstat(path), "unreadable: a symbolic link loop")
-            elif exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-                self._transient(job_id, str(exc))
-            else:
-                self._invalid(job_id, None, f"unreadable: {exc.strerror or exc}")
+        except InvalidSessionFile as exc:
+            self._invalid(job_id, fileversion.stat_following_links(path), exc.reason)
+            return
+        except TransientReadError as exc:
+            self._transient(job_id, str(exc))
             return
         if stat.S_ISDIR(st.st_mode):
             self._applied(self.store.apply_deleted(job_id), job_id)  # sub-folders are not sessions
@@ -298,7 +292,7 @@ class Reconciler:
             self._applied(self.store.apply_deleted(job_id), job_id)
         except InvalidSessionFile as exc:
             if st is None:  # the same signature a rescan will see, or it would see a change
-                st = _stat_following_links(os.path.join(self.root, job_id + sessionfile.SUFFIX))
+                st = fileversion.stat_following_links(os.path.join(self.root, job_id + sessionfile.SUFFIX))
             self._invalid(job_id, st, exc.reason)
         except TransientReadError as exc:
             self._transient(job_id, str(exc))
@@ -306,7 +300,7 @@ class Reconciler:
 
     def _invalid(self, job_id: str, st: os.stat_result | None, reason: str) -> None:
         sig = signature(st) if st is not None else 0
-        racy = st is not None and time.time_ns() - st.st_mtime_ns < RACY_WINDOW_NS
+        racy = st is not None and fileversion.is_racy(st)
         change = self.store.apply_invalid(job_id, sig, racy, reason)
         if change is not Change.NONE:
             logger.warning(
@@ -334,17 +328,3 @@ class Reconciler:
         if self._unannounced:
             self._unannounced = 0
             self.on_applied()
-
-
-def _stat_following_links(path: str) -> os.stat_result | None:
-    """The file's metadata, a link's target's; the link's own where it leads nowhere (dangling,
-    a loop) or cannot be followed; None if the name is gone. Scans, reads and reconciles all
-    use this rule, so that one file version has one signature."""
-    try:
-        return os.stat(path)
-    except OSError:
-        pass
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None

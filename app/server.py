@@ -27,6 +27,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
+from app import logwriter
 from app.application import create_app
 from app.httpprotocol import BoundedHttpProtocol, close_stalled_requests
 from app.lifecycle import SHUTDOWN, Shutdown
@@ -165,6 +166,9 @@ def run(settings: Settings, host: str, port: int, workers: int) -> None:
     if workers == 1:
         config = _config(settings, create_app(settings, SHUTDOWN), host, port, workers)
         DrainingServer(config, settings.shutdown_delay_s, SHUTDOWN).run()
+        # The access lines of the requests answered while draining, and the shutdown's lines,
+        # may still be queued: written before the process exits (workers do it at exit).
+        logwriter.close()
         return
     # One process per worker, each with its own cache and watcher (the factory reads the same
     # environment); metrics add up across them through prometheus-client's multiprocess files.

@@ -18,19 +18,15 @@ from typing import NamedTuple, NoReturn
 
 import orjson
 
-from app.errors import InvalidSessionFile, TransientReadError
+from app import fileversion
+from app.errors import InvalidSessionFile
+from app.fileversion import signature
 from app.timestamps import instant_ns
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 SUFFIX = ".json"
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
-# Errors that describe this process or the system, not the file: retry instead of invalidating.
-_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
-# A file modified this close to when we read it may change again within the same timestamp tick
-# (coarse clocks, network file systems): the rescan re-reads such "racy" files (as git does).
-RACY_WINDOW_NS = 2_000_000_000
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -45,11 +41,6 @@ def job_id_for(name: str) -> str | None:
         return None
     stem = name[: -len(SUFFIX)]
     return stem if _JOB_ID.fullmatch(stem) else None
-
-
-def signature(st: os.stat_result) -> int:
-    """A compact identity of one version of a file: changes when it is replaced or rewritten."""
-    return hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
 _STALE_HEADER = (b"x-session-stale", b"true")
@@ -179,11 +170,11 @@ def _open(root: Path, name: str) -> int:
     # The name is a symbolic link: follow it only if it stays inside the folder.
     target = os.path.realpath(path)
     if os.path.commonpath([target, str(root)]) != str(root):
-        raise InvalidSessionFile("a link that leads outside the sessions folder")
+        raise InvalidSessionFile(fileversion.LINK_OUTSIDE)
     try:
         return os.open(target, flags)
     except FileNotFoundError as exc:
-        raise InvalidSessionFile("a link to a file that does not exist") from exc
+        raise InvalidSessionFile(fileversion.LINK_TO_NOTHING) from exc
 
 
 def read(root: Path, job_id: str, max_bytes: int) -> LoadedFile:
@@ -202,18 +193,18 @@ def read(root: Path, job_id: str, max_bytes: int) -> LoadedFile:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidSessionFile("not a regular file")
+            raise InvalidSessionFile(fileversion.NOT_A_FILE)
         if st.st_size > max_bytes:
-            raise InvalidSessionFile(f"larger than SESSIONS_MAX_FILE_BYTES ({st.st_size} > {max_bytes} bytes)")
+            raise InvalidSessionFile(fileversion.too_large(max_bytes, st.st_size))
         data = _read_all(fd, st.st_size, max_bytes)
     except OSError as exc:
         _raise_for(exc)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise InvalidSessionFile(f"larger than SESSIONS_MAX_FILE_BYTES ({max_bytes} bytes)")
+        raise InvalidSessionFile(fileversion.too_large(max_bytes))
     document, summary = build(job_id, data, st.st_mtime_ns)
-    return LoadedFile(document, summary, signature(st), read_at - st.st_mtime_ns < RACY_WINDOW_NS, st.st_mtime_ns)
+    return LoadedFile(document, summary, signature(st), fileversion.is_racy(st, read_at), st.st_mtime_ns)
 
 
 def _read_all(fd: int, size: int, max_bytes: int) -> bytes:
@@ -234,10 +225,7 @@ def _read_all(fd: int, size: int, max_bytes: int) -> bytes:
 
 
 def _raise_for(exc: OSError) -> NoReturn:
-    if exc.errno in _TRANSIENT_ERRNOS:
-        raise TransientReadError(f"{exc.strerror} (errno {exc.errno})") from exc
-    if isinstance(exc, FileNotFoundError):
+    verdict = fileversion.fault(exc)
+    if verdict is exc:
         raise exc
-    if exc.errno == errno.ELOOP:
-        raise InvalidSessionFile("unreadable: a symbolic link loop") from exc
-    raise InvalidSessionFile(f"unreadable: {exc.strerror or exc}") from exc
+    raise verdict from exc

@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.table(figures))
     print()
-    print("Server: python -m app, one worker, uvloop + httptools, SESSIONS_LOG_LEVEL=warning; references under the "
-          "same uvicorn settings; load: wrk -t1 -c32 pinned to core 1, servers to core 0.")  # fmt: skip
+    print("Server: python -m app, one worker, uvloop + httptools, default settings (JSON access log to a file), "
+          "and the same with SESSIONS_LOG_LEVEL=warning (no access lines) where named; references under the same "
+          "uvicorn settings; load: wrk -t1 -c32 pinned to core 1, servers to core 0.")  # fmt: skip
     print(f"results: {path}")
     return 0 if all(figure.passed for figure in figures) else 3
 
@@ -116,11 +117,12 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         return folder, ids[:count]
 
     if "get" in parts:
-        log(f"GET by id: service vs limit vs lazy, {config.get_sessions:,} sessions")
+        log(f"GET by id: service (defaults, and access log off) vs limit vs lazy, {config.get_sessions:,} sessions")
         folder, subset_ids = subset("get", config.get_sessions)
         paths = wrk.write_paths(work / "get-paths.txt", throughput.id_paths(subset_ids))
-        targets = [server.service(folder, logs), server.reference("limit", folder, logs),
-                   server.reference("lazy", folder, logs)]  # fmt: skip
+        targets = [server.service(folder, logs),
+                   server.service(folder, logs, name="service-no-access-log", **server.ACCESS_LOG_OFF),
+                   server.reference("limit", folder, logs), server.reference("lazy", folder, logs)]  # fmt: skip
         stats = _with_servers(targets, lambda: throughput.alternate(
             [(s.name, s, paths) for s in targets], config.rounds, config.seconds, log))  # fmt: skip
         figures += throughput.get_by_id_figures(stats, config.get_sessions)

@@ -19,9 +19,11 @@ CLIENT_CORE = 1
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The service runs with its defaults except these: quiet logs (as the references), and a short
-# graceful timeout so that stopping it does not stall the run.
-SERVICE_ENV = {"SESSIONS_LOG_LEVEL": "warning", "SESSIONS_GRACEFUL_TIMEOUT_S": "5"}
+# The service runs with its defaults (access log on, JSON, stdout to a file as a container runtime
+# takes it) except a short graceful timeout, so that stopping it does not stall the run.
+SERVICE_ENV = {"SESSIONS_GRACEFUL_TIMEOUT_S": "5"}
+# The same server without access lines: what the access log costs is the ratio of the two.
+ACCESS_LOG_OFF = {"SESSIONS_LOG_LEVEL": "warning"}
 
 
 class ServerError(Exception):

@@ -51,15 +51,20 @@ def id_paths(ids: list[str]) -> list[str]:
 
 
 def get_by_id_figures(stats: dict[str, Any], sessions: int) -> list[Figure]:
-    service, limit, lazy = stats["service"], stats["limit"], stats["lazy"]
-    errors = service["errors"] + limit["errors"] + lazy["errors"]
-    rps = {name: round(stats[name]["rps_median"]) for name in ("service", "limit", "lazy")}
+    service, quiet = stats["service"], stats["service-no-access-log"]
+    limit, lazy = stats["limit"], stats["lazy"]
+    errors = sum(x["errors"] for x in stats.values())
+    rps = {name: round(x["rps_median"]) for name, x in stats.items()}
     common = {"rps_median": rps, "errors": errors}
     return [
         Figure(f"GET by id ({sessions:,} sessions) vs limit", ratio(service["rps_median"], limit["rps_median"]),
                "x", ">= 0.9", common, f"req/s medians {rps}; {_noise(stats)}"),
         Figure(f"GET by id ({sessions:,} sessions) vs lazy", ratio(service["rps_median"], lazy["rps_median"]),
                "x", ">= 8", common),
+        Figure("GET by id, defaults (access log on) vs access log off", ratio(service["rps_median"],
+               quiet["rps_median"]), "x", ">= 0.9", common,
+               f"req/s medians {service['rps_median']:,.0f} vs {quiet['rps_median']:,.0f} "
+               "(access log off: SESSIONS_LOG_LEVEL=warning)"),
     ]  # fmt: skip
 
 

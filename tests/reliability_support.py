@@ -9,6 +9,7 @@ import resource
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import orjson
 
 from tests.ops_support import scrape
-from tests.support import Server
+from tests.support import Server, wait_until
 
 FINISHED = {"completed", "failed", "cancelled"}
 
@@ -32,13 +33,28 @@ def metric(server: Server, name: str, **labels: str) -> float:
 
 
 def logged(server: Server, message: str, **fields: Any) -> list[dict[str, Any]]:
-    """Structured log entries whose message starts with `message` and that carry `fields`."""
+    """Structured log entries whose message starts with `message` and that carry `fields`.
+    The server writes its log in large writes up to 100 ms late: wait for a line that must come
+    (`wait_until`), and call `logs_settled` before counting lines or checking one is absent."""
     return [
         entry
         for entry in server.json_logs()
         if str(entry.get("message", "")).startswith(message)
         and all(entry.get(key) == value for key, value in fields.items())
     ]
+
+
+def logs_settled(server: Server, timeout: float = 10.0) -> None:
+    """Wait until every line the server logged before this call is in its log file. Its lines
+    are written in order, so once the access line of a request made now is there, so is every
+    line before it. (Needs the access log: the default level.)"""
+    marker = f"settle-{uuid.uuid4().hex}"
+    assert server.get("/livez", headers={"X-Request-ID": marker}).status_code == 200
+    wait_until(
+        lambda: any(entry.get("request_id") == marker for entry in server.json_logs()),
+        timeout,
+        what="the log written up to now",
+    )
 
 
 def all_pages(client: httpx.Client, query: str = "", limit: int = 7, max_pages: int = 1000) -> tuple[list[Any], int]:

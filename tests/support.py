@@ -154,7 +154,10 @@ class Server:
             connection.close()
 
     def logs(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
+        """The complete lines written so far: the server writes its log in large writes, and a
+        read may see the last one half-way."""
+        text = self.log_path.read_text(errors="replace")
+        return text[: text.rfind("\n") + 1].splitlines()
 
     def json_logs(self) -> list[dict[str, Any]]:
         entries = []

@@ -128,7 +128,13 @@ def test_a_warming_replica_gets_no_traffic_until_ready(tmp_path: Path, make_clus
 
     assert not load.failures(), load.failures()[:5]
     assert probes > 1, "the replica was ready at once: the folder is too small to see a warm-up"
-    entries = [e for e in json_logs(late) if e.get("logger") == "app.access"]
+
+    def access_lines() -> list[dict[str, Any]]:
+        return [e for e in json_logs(late) if e.get("logger") == "app.access"]
+
+    # Access lines are written in batches (every ~100 ms): wait for the API's to be written.
+    wait_until(lambda: any(e["path"].startswith("/api/") for e in access_lines()), what="the API's access lines")
+    entries = access_lines()
     first_ready = next(i for i, e in enumerate(entries) if e["path"] == "/readyz" and e["status"] == 200)
     before, after = entries[:first_ready], entries[first_ready:]
     assert not [e for e in before if e["path"].startswith("/api/")], "API traffic reached the replica while it warmed"

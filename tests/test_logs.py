@@ -4,6 +4,11 @@ request with its request id, and invalid files logged once per change with the r
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,17 @@ import orjson
 import pytest
 
 from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for, wait_for_scrape
-from tests.support import Server, put_session, wait_until, write_atomic, write_in_place
+from tests.reliability_support import logged, logs_settled
+from tests.support import (
+    REPO,
+    Server,
+    free_port,
+    put_session,
+    server_env,
+    wait_until,
+    write_atomic,
+    write_in_place,
+)
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 GENERATED_ID = re.compile(r"[0-9a-f]{16}")
@@ -37,9 +52,12 @@ def test_every_stdout_line_is_a_json_object_with_the_common_fields(
     put_session(sessions_dir, "a")
     (sessions_dir / "bad.json").write_bytes(b"not json")  # a warning at warm-up
     server = serve(sessions_dir)
-    for path in ("/api/v2/jobs/a", "/api/v2/jobs/nope", "/api/v2/jobs/..%2F", "/api/v2/jobs", "/metrics", "/nope"):
-        server.raw("GET", path)
-    wait_until(lambda: len(access_lines(server)) >= 6, 10, what="the access lines")
+    paths = ("/api/v2/jobs/a", "/api/v2/jobs/nope", "/api/v2/jobs/..%2F", "/api/v2/jobs", "/metrics", "/nope")
+    for n, path in enumerate(paths):
+        server.raw("GET", path, headers={"X-Request-ID": f"common-{n}"})
+    # Not a count of access lines: the readiness polls of the start wrote some already.
+    for n in range(len(paths)):
+        access_line_for(server, f"common-{n}")
     lines = server.logs()
     assert lines
     levels = set()
@@ -183,6 +201,7 @@ def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
     for _ in range(3):
         assert server.get("/api/v2/jobs/bad").status_code == 404
     wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten rescans")
+    logs_settled(server)
     assert len(invalid_warnings(server, "bad")) == 1
 
     write_in_place(sessions_dir / "bad.json", b'{"job_id": "other"}')  # a change: a new reason
@@ -190,6 +209,7 @@ def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
     assert "job_id" in second[0]["reason"]
     rescans = scrape(server).value("sessions_rescans_total")
     wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= rescans + 10, what="ten more rescans")
+    logs_settled(server)
     assert len(invalid_warnings(server, "bad")) == 2
     assert invalid_warnings(server, "good") == []
 
@@ -215,7 +235,138 @@ def test_the_workers_log_too(sessions_dir: Path, serve: Callable[..., Server]) -
         return {e["pid"] for e in server.json_logs() if e["message"] == "serving sessions"}
 
     assert len(wait_for(lambda: serving() if len(serving()) >= 2 else None, 10, "both workers")) == 2
-    # Each worker has its own store, and logs its own warning when its warm-up meets the file.
-    wait_for(lambda: len(invalid_warnings(server, "bad")) == 2 or None, 10, "a warning from each worker")
+    # each worker has its own store, and logs the file at its warm-up
+    wait_until(lambda: len(invalid_warnings(server, "bad")) >= 2, 10, what="both workers' warnings")
+    assert len(invalid_warnings(server, "bad")) == 2
     for line in server.logs():
         orjson.loads(line)
+
+
+# --- a stdout that stops draining, and the lines of the last requests ------------------------------
+
+
+def start_with_stdout_pipe(sessions_dir: Path, log_dir: Path) -> Server:
+    """The real server with stdout a pipe that nobody reads (a stuck log shipper) until the test
+    starts copying it to the Server's log file; stderr to a file of its own."""
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    log_path.touch()
+    with open(log_dir / f"server-{port}.stderr", "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=server_env(sessions_dir),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    wait_until(lambda: server.get("/readyz").status_code == 200, 60, what="readiness")
+    return server
+
+
+def copy_stdout(server: Server) -> threading.Thread:
+    """Start draining the server's stdout into its log file (until the process exits)."""
+    stdout = server.process.stdout
+    assert stdout is not None
+
+    def copy() -> None:
+        with open(server.log_path, "ab") as log:
+            while chunk := stdout.read1(1 << 16):
+                log.write(chunk)
+                log.flush()
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(180)
+def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_then_logged_once(
+    sessions_dir: Path, tmp_path: Path
+) -> None:
+    put_session(sessions_dir, "a")
+    server = start_with_stdout_pipe(sessions_dir, tmp_path)
+    copier: threading.Thread | None = None
+    try:
+        long_path = "/api/v2/jobs/" + "x" * 128  # a 404 with a long path: larger lines, fewer requests
+        slowest = 0.0
+        dropped = 0.0
+        deadline = time.monotonic() + 90
+        for n in range(20_000):
+            assert time.monotonic() < deadline, f"{n} requests in 90 s"
+            started = time.monotonic()
+            path = "/api/v2/jobs/a" if n % 2 else long_path
+            assert server.get(path, headers={"X-Request-ID": f"stuck-{n}"}).status_code in (200, 404)
+            if n % 100 == 0:
+                assert server.get("/livez").status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            if n % 250 == 0 and n:
+                dropped = scrape(server).value("sessions_log_lines_dropped_total")
+                if dropped >= 100:  # stdout has been stuck for a while: the buffer is full
+                    break
+        assert dropped >= 100
+        # Nothing waited on stdout: a request that did would wait until the test reads it.
+        assert slowest < 8, f"a request took {slowest:.1f} s while stdout was stuck"
+        assert server.get("/readyz").status_code == 200
+
+        copier = copy_stdout(server)  # the log shipper is back
+        report = wait_for(
+            lambda: logged(server, "log lines dropped"), 20, "the line saying how many lines were dropped"
+        )
+        final = wait_for_scrape(
+            server, lambda s: s.value("sessions_log_lines_dropped_total") > 0, what="the dropped lines counted"
+        ).value("sessions_log_lines_dropped_total")
+        assert len(report) == 1, report
+        assert report[0]["level"] == "warning" and report[0]["dropped"] == final >= dropped
+        # What was kept is whole lines, in order, and the requests after the drain are logged again.
+        ids = [int(e["request_id"][6:]) for e in access_lines(server) if e.get("request_id", "").startswith("stuck-")]
+        assert ids == sorted(ids) and ids
+        response = server.get("/livez", headers={"X-Request-ID": "after-the-drain"})
+        assert access_line_for(server, "after-the-drain")["status"] == response.status_code
+    finally:
+        if copier is None:
+            copier = copy_stdout(server)  # so that the shutdown's lines can be written too
+        assert server.stop() == 0
+        copier.join(10)
+        assert server.process.stdout is not None
+        server.process.stdout.close()
+
+
+def request_ids(server: Server, prefix: str) -> list[str]:
+    return [e["request_id"] for e in access_lines(server) if e.get("request_id", "").startswith(prefix)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("delay", ["0", "1"], ids=["no delay", "1 s delay"])
+def test_no_access_line_is_lost_across_sigterm(sessions_dir: Path, serve: Callable[..., Server], delay: str) -> None:
+    put_session(sessions_dir, "a")
+    server = serve(sessions_dir, env={"SESSIONS_SHUTDOWN_DELAY_S": delay})
+    answered: list[str] = []
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        for n in range(300):
+            response = client.get("/api/v2/jobs/a", headers={"X-Request-ID": f"sig-{n}"})
+            assert response.status_code == 200
+            answered.append(f"sig-{n}")
+    server.process.send_signal(signal.SIGTERM)
+    attempted = None
+    if delay != "0":  # requests answered during the shutdown delay must be logged too
+        deadline = time.monotonic() + 10
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            for n in range(5000):
+                if time.monotonic() > deadline:
+                    break
+                attempted = f"sig-during-{n}"
+                try:
+                    response = client.get("/api/v2/jobs/a", headers={"X-Request-ID": attempted})
+                except httpx.HTTPError:
+                    break  # the listener is closed: the delay is over
+                assert response.status_code == 200
+                answered.append(attempted)
+        assert any(x.startswith("sig-during-") for x in answered)
+    assert server.process.wait(30) == 0
+    logged_ids = request_ids(server, "sig-")
+    assert len(logged_ids) == len(set(logged_ids)), "an access line written twice"
+    assert set(answered) <= set(logged_ids), sorted(set(answered) - set(logged_ids))[:5]
+    # A request in flight as the listener closed may have been answered to a client that gave up.
+    assert set(logged_ids) - set(answered) <= {attempted}
+    assert "stopped" in [entry["message"] for entry in server.json_logs()]

