@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# client/ is the callers' library (its own distribution, job-sessions-client): the tests use it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,dev]"
+	$(BIN)/pip install --quiet -e ".[test,dev]" -e client
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -24,8 +25,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench deploy
-	$(BIN)/ruff format --check app tests bench deploy
+	$(BIN)/ruff check app tests bench deploy client
+	$(BIN)/ruff format --check app tests bench deploy client
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -36,4 +37,4 @@ prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results client/src/*.egg-info
