@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,28 @@ def test_the_async_mirror(sessions_dir: Path, serve: Serve) -> None:
         ("modified", "a", ("running", "completed")),
     ]
     assert awaited[:2] == ["a", "b"] and "c" in awaited
+
+
+def test_stopping_is_immediate_even_between_bookmarks(
+    sessions_dir: Path, serve: Serve, stack: contextlib.ExitStack
+) -> None:
+    """An idle stream gets a bookmark every SESSIONS_BOOKMARK_S (60 s here): a Stop shuts the
+    socket of the read in progress, so a mirror or a watch stops at once, its thread joined."""
+    put_session(sessions_dir, "j")
+    server = serve(sessions_dir, env={"SESSIONS_BOOKMARK_S": "60"})
+    sessions = client(stack, server)
+    mirror = Mirror(sessions).start()
+    watch: Consumer[JobEvent] = Consumer(lambda stop: sessions.watch_job("j", stop=stop))
+    assert mirror.wait_synced(30)
+    watch.wait(lambda events: events, what="the current version")
+    started = time.monotonic()
+    mirror.stop()
+    watch.close()
+    assert time.monotonic() - started < 5 and not mirror.running
+    wait_for_scrape(
+        server,
+        lambda s: (
+            s.value("sessions_streams_open", kind="collection") + s.value("sessions_streams_open", kind="job") == 0
+        ),
+        what="both streams closed on the server",
+    )
