@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench prometheusrule clean
+.PHONY: install run test test-fast cluster lint bench prometheusrule clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app --host 127.0.0.1 --port 8000
 
+# Three replicas (CLUSTER_REPLICAS=N for more) behind HAProxy, on http://127.0.0.1:8080.
+cluster: $(STAMP)
+	$(BIN)/python -m cluster
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -25,8 +29,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench deploy client
-	$(BIN)/ruff format --check app tests bench deploy client
+	$(BIN)/ruff check app tests bench deploy cluster client
+	$(BIN)/ruff format --check app tests bench deploy cluster client
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -37,4 +41,4 @@ prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results client/src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster client/src/*.egg-info

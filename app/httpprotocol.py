@@ -50,17 +50,26 @@ _TOO_LARGE = (
 )
 
 
+# An ASGI extension this protocol offers to streams (scope["extensions"]): a callable that
+# writes one chunk of the response body at once, without a trip through the request's task and
+# the middleware's `send` wrappers, and returns False when it cannot (the client is not keeping
+# up, or the response is not a chunked one in progress): the stream then sends as usual.
+STREAM_WRITE = "sessions.stream_write"
+
+
 class CountingTransport:
     """A transport that counts the bytes written through it; everything else is the real one's."""
 
-    __slots__ = ("_transport", "written")
+    __slots__ = ("_transport", "written", "pending")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.written = 0
+        self.pending = True  # bytes may be unacknowledged: the stalled-reader sweep looks
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+        self.pending = True
         self._transport.write(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -113,9 +122,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and b"watch" in self.scope["query_string"]:
-            # Perhaps a stream: count its writes, for the stalled-reader check.
-            self.counting = CountingTransport(self.transport)
-            cycle.transport = self.counting  # type: ignore[assignment]
+            # Perhaps a stream: count its writes, for the stalled-reader check, and let it write
+            # its events straight to the transport.
+            self.counting = counting = CountingTransport(self.transport)
+            cycle.transport = counting  # type: ignore[assignment]
+            flow = self.flow
+
+            def write_chunk(data: bytes) -> bool:
+                if cycle.response_complete or cycle.disconnected or not cycle.chunked_encoding or flow.write_paused:
+                    return False
+                counting.write(b"%x\r\n%b\r\n" % (len(data), data))
+                return True
+
+            self.scope.setdefault("extensions", {})[STREAM_WRITE] = write_chunk  # type: ignore[assignment]
         if DRAINING.is_set() and self.cycle is not None and self.cycle.scope is self.scope:
             # During the shutdown delay, answer and close: keep-alive clients reconnect, and
             # reach a replica that is not going away, instead of meeting the close at the end.
@@ -149,10 +168,14 @@ def close_stalled_requests(connections: Iterable[object], now: float, timeout_s:
             transport.close()
             closed += 1
             continue
+        counting = connection.counting
+        if counting is not None and not counting.pending:
+            continue  # an idle stream whose every byte was acknowledged at the last sweep
         unsent = transport.get_write_buffer_size()
-        if connection.counting is not None:  # a stream: the bytes the client has acknowledged
+        if counting is not None:  # a stream: the bytes the client has acknowledged
             unsent += _kernel_unacknowledged(transport)
-            mark = connection.counting.written - unsent
+            counting.pending = unsent > 0
+            mark = counting.written - unsent
         else:  # a response: any change of what is unsent
             mark = unsent
         if not unsent:

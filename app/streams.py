@@ -40,7 +40,18 @@ class End(enum.Enum):
 
 
 class Stream:
-    __slots__ = ("kind", "format", "_chunks", "_bytes", "_waiter", "ended", "last_push", "_touch", "__weakref__")
+    __slots__ = (
+        "kind",
+        "format",
+        "_chunks",
+        "_bytes",
+        "_waiter",
+        "ended",
+        "last_push",
+        "_touch",
+        "write_now",
+        "__weakref__",
+    )
 
     def __init__(self, kind: Kind, format: Format, touch: Callable[[Stream], None]) -> None:
         self.kind = kind
@@ -51,18 +62,29 @@ class Stream:
         self.ended: End | None = None
         self.last_push = 0.0  # loop time of the last event pushed: when a bookmark is due
         self._touch = touch  # tells the hub this stream just had an event (bookmarks)
+        # The server's direct write (app.httpprotocol.STREAM_WRITE), once the stream is live:
+        # an event for an idle stream whose client keeps up is written at once, with no wake-up
+        # of its task. Anything else goes through the buffer and the task's `send`.
+        self.write_now: Callable[[bytes], bool] | None = None
 
     def push(self, data: bytes, now: float) -> bool:
         """Queue an event; False when the stream has ended, or when a collection stream's
         unsent events now pass its buffer (the hub then fails it)."""
         if self.ended is not None:
             return False
-        self._chunks.append(data)
-        self._bytes += len(data)
         self.last_push = now
         self._touch(self)
+        if self._idle() and self.write_now(data):  # type: ignore[misc]  # _idle: write_now is set
+            return True
+        self._chunks.append(data)
+        self._bytes += len(data)
         self._wake()
         return self._bytes <= COLLECTION_BUFFER_BYTES or self.kind is Kind.JOB
+
+    def _idle(self) -> bool:
+        """Nothing pending and the task waiting: an event may be written at once, in order."""
+        waiter = self._waiter
+        return self.write_now is not None and not self._chunks and waiter is not None and not waiter.done()
 
     def fail(self, error: bytes) -> None:
         """Drop what is pending; send `error` and end (SLOW)."""
@@ -174,12 +196,15 @@ class JobStream(Stream):
                 etag=before_etag if document is None else etag,
                 event_id=None if document is None else etag,
             )
+        self.last_push = now
+        self._touch(self)
+        if self._pending is None and self._idle() and self.write_now(data):  # type: ignore[misc]
+            self.etag, self.document = etag, document
+            return type_
         if self._pending is None:
             self._before = (self.etag, self.document)
         self._pending = data
         self.etag, self.document = etag, document
-        self.last_push = now
-        self._touch(self)
         self._wake()
         return type_
 

@@ -5,6 +5,7 @@ with a 503), writes what the client is missing, then pumps live events until the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
@@ -13,6 +14,7 @@ from app.changelog import Expired, StoreChange
 from app.errors import RevisionExpired, ServiceError, SessionNotFound
 from app.etags import etag_matches, normalize
 from app.events import Format
+from app.httpprotocol import STREAM_WRITE
 from app.hub import ChangeHub
 from app.listing import ListQuery, SessionFilter
 from app.sessionfile import Document
@@ -44,6 +46,11 @@ async def _start(send: Send, format: Format) -> None:
 async def _headers_only(send: Send, format: Format) -> None:
     await _start(send, format)
     await send({"type": "http.response.body", "body": b""})
+
+
+def _direct_write(scope: Scope) -> Callable[[bytes], bool] | None:
+    write: Callable[[bytes], bool] | None = scope.get("extensions", {}).get(STREAM_WRITE)
+    return write
 
 
 def collection_event(filter: SessionFilter, change: StoreChange) -> tuple[bytes, bytes] | None:
@@ -90,6 +97,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
         if position is None:
             position = await _send_initial_state(hub, stream, filter, send)
         if position is not None and await _catch_up(hub, stream, filter, position, send):
+            stream.write_now = _direct_write(scope)
             hub.attach_collection(stream, filter)
         await stream.pump(receive, send)
     finally:
@@ -184,6 +192,7 @@ async def watch_job(scope: Scope, receive: Receive, send: Send, job_id: str) -> 
             elif current is None and given.strip() != b"*":
                 # The client has a version of a job that is gone now: it hears DELETED.
                 stream.etag = normalize(given.split(b",")[0])
+        stream.write_now = _direct_write(scope)
         hub.attach_job(stream)
         revision = hub.token(hub.delivered)
         if current is None:

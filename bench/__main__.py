@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--only get,list,warmup,fresh,memory,livez]`: see bench/README.md."""
+"""`python -m bench [--quick] [--only get,list,warmup,livez,fresh,memory,hashing,capacity]`: see
+bench/README.md."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import churn, report, server, throughput, warmup, wrk
+from bench import capacity, churn, hashing, report, server, throughput, warmup, watch, wrk
 from bench.generate import generate, link_subset
+from cluster import haproxy
 
-PARTS = ("get", "list", "warmup", "livez", "fresh", "memory")
+PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "capacity", "watch")
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,17 @@ class Config:
     churn_rate: float = 1000.0
     fresh_samples: int = 200
     livez_hz: float = 200.0
+    hashing_sessions: int = 30_000  # three replicas, each caching a third
+    capacity_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    capacity_cache: int = 100_000  # the default SESSIONS_CACHE_MAX_ENTRIES
+    capacity_rescan_after_s: float = 120.0
     seed: int = 20240601
+    watch: watch.WatchConfig = watch.WatchConfig()
 
 
 QUICK = Config(rounds=1, seconds=3, get_sessions=5_000, list_sessions=20_000, warm_sessions=20_000,
-               churn_seconds=5, fresh_samples=40)  # fmt: skip
+               churn_seconds=5, fresh_samples=40, hashing_sessions=6_000, capacity_sizes=(5_000, 20_000, 50_000),
+               capacity_cache=10_000, capacity_rescan_after_s=30, watch=watch.QUICK_WATCH)  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -56,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if not wrk.available():
         print(wrk.INSTALL_HINT, file=sys.stderr)
+        return 1
+    if "hashing" in parts and haproxy.binary() is None:
+        print(haproxy.INSTALL_HINT, file=sys.stderr)
         return 1
     if len(os.sched_getaffinity(0) | {0, 1}) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         print("needs cores 0 and 1 (server and load generator each pinned to one)", file=sys.stderr)
@@ -86,12 +97,15 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
     logs.mkdir()
     figures: list[report.Figure] = []
     raw: dict[str, Any] = {}
-    biggest = max(config.get_sessions, config.list_sessions, config.warm_sessions, config.list_small_sessions)
+    biggest = max(config.get_sessions, config.list_sessions, config.warm_sessions, config.list_small_sessions,
+                  config.hashing_sessions)  # fmt: skip
     started = time.perf_counter()
-    log(f"generating {biggest:,} sessions in {work}")
     everything = work / "all"
-    ids = generate(everything, biggest, config.seed)
-    log(f"  {time.perf_counter() - started:.1f} s")
+    ids: list[str] = []
+    if parts & {"get", "list", "warmup", "livez", "memory", "hashing"}:  # the parts that read the big folder
+        log(f"generating {biggest:,} sessions in {work}")
+        ids = generate(everything, biggest, config.seed)
+        log(f"  {time.perf_counter() - started:.1f} s")
 
     def subset(name: str, count: int) -> tuple[Path, list[str]]:
         if count == biggest:
@@ -158,6 +172,25 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
             folder, logs, config.churn_seconds, config.churn_rate, config.livez_hz, config.fresh_samples, log
         )
         figures += [f for f in churn_figures if ("fresh" in parts if "freshness" in f.name else "livez" in parts)]
+    if "hashing" in parts:
+        log(f"hashing: 3 replicas behind HAProxy, {config.hashing_sessions:,} sessions, each caching a third")
+        folder, subset_ids = subset("hashing", config.hashing_sessions)
+        hashing_figures, raw["hashing"] = hashing.run(folder, subset_ids, work, config.rounds, config.seconds, log)
+        figures += hashing_figures
+
+    if "capacity" in parts:
+        log(f"capacity: one replica at {', '.join(f'{n:,}' for n in config.capacity_sizes)} sessions "
+            f"(folders kept in {capacity.cache_dir()})")  # fmt: skip
+        capacity_figures, raw["capacity"] = capacity.run(
+            list(config.capacity_sizes), config.capacity_cache, work, logs, config.seconds,
+            config.capacity_rescan_after_s, log,
+        )  # fmt: skip
+        figures += capacity_figures
+
+    if "watch" in parts:
+        log("change stream: event lag, idle streams, watching vs polling")
+        watch_figures, raw["watch"] = watch.run(work, logs, config.watch, log)
+        figures += watch_figures
     log(f"done in {time.perf_counter() - started:.0f} s")
     random.seed()
     return figures, raw

@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench import probe, wrk
 from bench.report import Figure, median, ratio
 from bench.server import Server
@@ -77,17 +79,20 @@ def _next_cursor(headers: dict[str, str]) -> str | None:
     return cursor[0] if cursor else None
 
 
-def list_paths(port: int, pages: int = 24, seed: int = 7) -> list[str]:
+def list_paths(port: int, pages: int = 24, seed: int = 7, listed: list[str] | None = None) -> list[str]:
     """A mix of full list pages: the first page, filtered first pages, and pages deep in the
     listing (cursors collected by walking it with big pages); each checked to answer 200. Every
-    page is full at both folder sizes, so that 100,000 vs 1,000 compares the same work."""
+    page is full at both folder sizes, so that 100,000 vs 1,000 compares the same work.
+    `listed`, if given, receives every job id in list order (newest first)."""
     cursors: list[str] = []
     cursor: str | None = None
-    for _ in range(1000):
+    for _ in range(10_000):
         query = "limit=1000" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
-        status, headers, _ = probe.get(port, f"/api/v2/jobs?{query}", timeout_s=30)
+        status, headers, body = probe.get(port, f"/api/v2/jobs?{query}", timeout_s=30)
         if status != 200:
             raise RuntimeError(f"walking the listing: {status} for {query}")
+        if listed is not None:
+            listed.extend(summary["job_id"] for summary in orjson.loads(body))
         cursor = _next_cursor(headers)
         if cursor is None:
             break

@@ -47,7 +47,7 @@ def write_paths(path: Path, paths: list[str]) -> Path:
     return path
 
 
-def _core_busy_s(core: int) -> float:
+def core_busy_s(core: int) -> float:
     """Busy seconds of one core since boot (/proc/stat: all but idle and iowait)."""
     with open("/proc/stat") as stat:
         for line in stat:
@@ -57,7 +57,7 @@ def _core_busy_s(core: int) -> float:
     return 0.0
 
 
-def _process_cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
@@ -84,14 +84,14 @@ def run(
     ]  # fmt: skip
     env = {**os.environ, "BENCH_PATHS": str(paths_file), "BENCH_SEED": str(seed)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    core_before, server_before = _core_busy_s(SERVER_CORE), _process_cpu_s(server_pid) if server_pid else 0.0
+    core_before, server_before = core_busy_s(SERVER_CORE), process_cpu_s(server_pid) if server_pid else 0.0
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     except subprocess.TimeoutExpired as exc:
         raise WrkError(f"wrk did not finish: {exc}") from exc
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    core_used = _core_busy_s(SERVER_CORE) - core_before
-    server_used = (_process_cpu_s(server_pid) - server_before) if server_pid else 0.0
+    core_used = core_busy_s(SERVER_CORE) - core_before
+    server_used = (process_cpu_s(server_pid) - server_before) if server_pid else 0.0
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise WrkError(f"wrk failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}")

@@ -196,18 +196,31 @@ def test_since_an_expired_list_relists_and_sends_the_difference(
 
 
 class FirstSmall(httpx.BaseTransport):
-    """httpx's own transport, with a 4 kB receive buffer for the first connection only: the
-    server's buffer for that stream overflows soon, while the relist's 12 MB, on a connection
-    of its own, come at loopback speed (through 4 kB and delayed ACKs, they would take minutes)."""
+    """httpx's own transport, with a 4 kB receive buffer for the first connection: the server's
+    buffer for that stream overflows soon. `widen` then gives that connection a large buffer
+    again, so that what the kernels hold for it (megabytes) comes at loopback speed rather
+    than 4 kB per delayed ACK (minutes); later connections (the relist) have the usual one."""
 
     def __init__(self) -> None:
         self.small = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
         self.normal = httpx.HTTPTransport()
         self.requests = 0
+        self.first: socket.socket | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
-        return (self.small if self.requests == 1 else self.normal).handle_request(request)
+        if self.requests > 1:
+            return self.normal.handle_request(request)
+        response = self.small.handle_request(request)
+        stream = response.extensions.get("network_stream")
+        self.first = stream.get_extra_info("socket") if stream is not None else None
+        return response
+
+    def widen(self) -> None:
+        assert self.first is not None
+        self.first.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        # Linux clamped the advertised window to the small buffer: lift the clamp too.
+        self.first.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, 4 * 1024 * 1024)
 
     def close(self) -> None:
         self.small.close()
@@ -220,9 +233,10 @@ def test_a_consumer_that_falls_behind_gets_an_error_event_and_relists(
     """The caller stops reading (a slow loop body) while 12 MB of large summaries change: the
     server's buffer for the stream overflows, it sends an ERROR with a 410 problem and ends the
     stream; the library lists again, and its events still add up to the service's state. (A
-    4 kB receive buffer on the first stream makes the overflow come soon.)"""
+    4 kB receive buffer on the first stream while it stalls makes the overflow come soon.)"""
     server = serve(sessions_dir, env={"SESSIONS_KEEPALIVE_S": "60", "SESSIONS_BOOKMARK_S": "30"})
-    http = stack.enter_context(httpx.Client(transport=FirstSmall(), timeout=httpx.Timeout(10, read=60)))
+    transport = FirstSmall()
+    http = stack.enter_context(httpx.Client(transport=transport, timeout=httpx.Timeout(10, read=60)))
     sessions = client(stack, server, http=http)
     events = sessions.watch(bookmarks=True)
     stack.callback(events.close)
@@ -234,17 +248,23 @@ def test_a_consumer_that_falls_behind_gets_an_error_event_and_relists(
     big_user = "u" * 200_000
     for n in range(60):
         put_session(sessions_dir, f"big-{n}", user_id=big_user)
-    wait_for_scrape(
+    wait_for_scrape(  # every event handed to the stream, which cannot take them all
         server,
-        lambda s: s.value("sessions_streams_ended_total", kind="collection", reason="slow") == 1,
+        lambda s: s.value("sessions_stream_events_total", kind="collection", type="ADDED") == 60,
         timeout=60,
-        what="the stream to be failed as slow",
+        what="the events to reach the stream",
     )
+    transport.widen()
     for event in events:  # reading again: what was sent, the ERROR, then a fresh initial state
         received.append(event)
         if event.synced:
             break
     assert sum(event.synced for event in received) == 2
+    wait_for_scrape(
+        server,
+        lambda s: s.value("sessions_streams_ended_total", kind="collection", reason="slow") == 1,
+        what="the first stream counted as ended for being slow",
+    )
     wait_until(lambda: len(listed(server)) == 60, what="every session served")
     for _ in range(200):  # until every change still on its way is in (a bound, not a sleep)
         if apply(received) == listed(server):

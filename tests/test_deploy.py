@@ -36,6 +36,13 @@ CACHED_RSS_PER_DOCUMENT_BYTE = 1.5
 SUMMARY_BYTES_PER_SESSION = 650  # measured by make bench: RSS per indexed, uncached session
 INTERPRETER_BYTES = 60 * 2**20
 SIZED_FOR_SESSIONS = 100_000
+# How long endpoint removal takes to reach the load balancers: ingress-nginx applies endpoint
+# changes at most every few seconds, kube-proxy resyncs iptables after at least 1 s
+# (deploy/README.md, "Shutdown"). The shutdown delay must cover it.
+ENDPOINT_PROPAGATION_S = 5.0
+BOOKMARK_S = 15.0  # SESSIONS_BOOKMARK_S default: a stream's longest silence
+MAX_WAIT_S = 300.0  # SESSIONS_MAX_WAIT_S default: a long poll's longest silence
+HASH = "nginx.ingress.kubernetes.io/upstream-hash-by"
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
@@ -136,8 +143,13 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def resources(kind: str) -> dict[str, dict[str, Any]]:
+    """Every resource of a kind, by name."""
+    return {doc["metadata"]["name"]: doc for _, doc in documents() if doc["kind"] == kind}
+
+
 def resource(kind: str) -> dict[str, Any]:
-    matches = [doc for _, doc in documents() if doc["kind"] == kind]
+    matches = list(resources(kind).values())
     assert len(matches) == 1, f"expected exactly one {kind}, found {len(matches)}"
     return matches[0]
 
@@ -218,7 +230,13 @@ def test_hadolint_finds_nothing(tmp_path: Path) -> None:
 
 
 def test_every_manifest_file_holds_resources() -> None:
-    assert {p.name for p in MANIFEST_FILES} >= {"deployment.yaml", "service.yaml", "pdb.yaml", "pvc.yaml"}
+    assert {p.name for p in MANIFEST_FILES} >= {
+        "deployment.yaml",
+        "service.yaml",
+        "pdb.yaml",
+        "pvc.yaml",
+        "ingress.yaml",
+    }
     for path in MANIFEST_FILES:
         assert any(name == path.name for name, _ in documents()), f"{path.name} holds no resource"
 
@@ -378,14 +396,17 @@ def test_memory_fits_the_cache_bound_and_the_index() -> None:
     assert "cpu" in resources["requests"]
 
 
-def test_service_targets_the_named_port() -> None:
-    service = resource("Service")
-    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert isinstance(port["targetPort"], str) and named_port(port["targetPort"]) == 8000
+def test_services_target_the_named_port() -> None:
+    services = resources("Service")
+    # Two over the same pods: ingress-nginx balances per Service, one hashed and one not.
+    assert set(services) == {"job-sessions", "job-sessions-by-job"}
     labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= labels.items()
+    for service in services.values():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+        (port,) = service["spec"]["ports"]
+        assert port["port"] == 80 and port["name"] == "http"
+        assert isinstance(port["targetPort"], str) and named_port(port["targetPort"]) == 8000
+        assert service["spec"]["selector"].items() <= labels.items()
 
 
 def test_disruption_budget_covers_the_pods() -> None:
@@ -398,6 +419,49 @@ def test_disruption_budget_covers_the_pods() -> None:
         assert pdb["spec"]["maxUnavailable"] == 1
     else:
         assert 1 <= pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_rolling_update_keeps_every_old_pod_until_its_replacement_is_ready() -> None:
+    strategy = resource("Deployment")["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0, "a new pod serves nothing until warm"
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1, "with maxUnavailable 0 a rollout needs a surge"
+
+
+def test_shutdown_delay_outlasts_endpoint_propagation() -> None:
+    delay = float(container_env().get("SESSIONS_SHUTDOWN_DELAY_S", DEFAULT_SHUTDOWN_DELAY_S))
+    assert delay >= ENDPOINT_PROPAGATION_S, "load balancers would still route here once the pod stops serving"
+
+
+def ingress_paths(ingress: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(path, pathType, Service) of every rule of an Ingress."""
+    return [
+        (path["path"], path["pathType"], path["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+
+
+def test_ingress_hashes_a_jobs_path_and_spreads_lists() -> None:
+    ingresses = resources("Ingress")
+    assert set(ingresses) == {"job-sessions", "job-sessions-by-job"}
+    by_job, spread = ingresses["job-sessions-by-job"], ingresses["job-sessions"]
+    # A job's GET, long poll and watch share one path, not one query string: $uri (the path)
+    # is hashed, never $request_uri or $args.
+    assert by_job["metadata"]["annotations"][HASH] == "$uri"
+    assert ingress_paths(by_job) == [("/api/v2/jobs/", "Prefix", "job-sessions-by-job")]
+    # Lists win over that prefix by being exact, and go to the Service nobody hashes: in
+    # ingress-nginx, balancing belongs to the Service, whichever Ingress names it.
+    assert HASH not in spread["metadata"].get("annotations", {})
+    assert {("/api/v2/jobs", "Exact"), ("/api/v2/jobs/", "Exact")} <= {(p, t) for p, t, _ in ingress_paths(spread)}
+    assert {service for _, _, service in ingress_paths(spread)} == {"job-sessions"}
+    for ingress in ingresses.values():
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off", "streams flush every event"
+        assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 2 * BOOKMARK_S
+        assert "non_idempotent" not in annotations.get("nginx.ingress.kubernetes.io/proxy-next-upstream", "")
+    assert float(by_job["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > MAX_WAIT_S
 
 
 # --- the image -----------------------------------------------------------------------------------

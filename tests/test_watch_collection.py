@@ -282,10 +282,10 @@ def test_a_stream_that_falls_behind_its_buffer_gets_an_error_and_ends(
         big_user = "u" * 200_000
         for n in range(60):  # 12 MB of events: more than the socket buffers and the stream's 1 MiB
             put_session(sessions_dir, f"big-{n}", user_id=big_user)
-        wait_until(
-            lambda: 'sessions_streams_ended_total{kind="collection",reason="slow"} 1.0' in server.get("/metrics").text,
+        wait_until(  # every event handed to the stream (which cannot take them)
+            lambda: 'sessions_stream_events_total{kind="collection",type="ADDED"} 60.0' in server.get("/metrics").text,
             timeout=30,
-            what="the stream to be failed as slow",
+            what="the events to reach the stream",
         )
         data = b""
         while not data.endswith(b"0\r\n\r\n"):  # the end of the chunked response
@@ -296,6 +296,11 @@ def test_a_stream_that_falls_behind_its_buffer_gets_an_error_and_ends(
     error = orjson.loads(lines[-1])
     assert error["type"] == "ERROR" and error["object"]["status"] == 410
     assert error["object"]["type"] == "/problems/stream-fell-behind"
+    assert len(lines) < 60  # not every event: it fell behind
+    wait_until(
+        lambda: 'sessions_streams_ended_total{kind="collection",reason="slow"} 1.0' in server.get("/metrics").text,
+        what="the stream counted as ended for being slow",
+    )
 
 
 def test_head_of_a_watch_is_headers_only(sessions_dir: Path, serve: Serve) -> None:
