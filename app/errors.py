@@ -71,6 +71,15 @@ class TooManyStreams(ServiceError):
     retry_after = "1"
 
 
+class Warming(ServiceError):
+    """The warm-up is not done: an answer now could be a 404 for a session not loaded yet."""
+
+    status = 503
+    title = "Warming up"
+    type = "/problems/warming-up"
+    retry_after = "1"
+
+
 class NotServingStreams(ServiceError):
     """Warming up or shutting down: a watch would be cut short or miss what the warm-up loads."""
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import problems
-from app.errors import InvalidJobId, ServiceError
+from app.errors import InvalidJobId, ServiceError, Warming
 from app.etags import etag_matches
 from app.listing import next_link, parse_job_query, parse_list_query
 from app.prefer import requested_wait
@@ -100,6 +100,9 @@ class ApiFastPath:
             await self.app(scope, receive, send)
             return
         try:
+            if not scope["state"]["reconciler"].ready.is_set():
+                # Not every session is loaded yet: a 404 or a short list now would be wrong.
+                raise Warming("the service is warming up; try again shortly (readiness says when it is ready)")
             await endpoint(scope, receive, send)
         except ServiceError as exc:
             response = await problems.service_error(Request(scope), exc)

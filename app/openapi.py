@@ -63,8 +63,8 @@ _LAST_EVENT_ID = {
     "schema": {"type": "string"},
 }
 _BUSY = _problem(
-    "At SESSIONS_MAX_STREAMS streams and waiting requests, or warming up, or shutting down (watches and long "
-    "polls only); Retry-After says when to try again."
+    "Warming up (every API request, until readiness); at SESSIONS_MAX_STREAMS streams and waiting requests, or "
+    "shutting down (watches and long polls); Retry-After says when to try again."
 )
 
 OPERATIONS: dict[str, dict[str, Any]] = {
@@ -121,8 +121,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "401": _UNAUTHORIZED,
             "404": _problem("No such session, or its file has never been valid (the detail says why)."),
             "503": _problem(
-                "The session exists but cannot be read right now; or, for a watch or a long poll, the stream limit "
-                "is reached, or the service warms up or shuts down. Retry (Retry-After)."
+                "The service is warming up; or the session exists but cannot be read right now; or, for a watch or "
+                "a long poll, the stream limit is reached, or the service shuts down. Retry (Retry-After)."
             ),
         },
     },

@@ -25,16 +25,22 @@ def test_port_opens_at_once_and_ready_only_when_warm(sessions_dir: Path, serve: 
         (sessions_dir / f"job-{n:05d}.json").write_bytes(encode(session_doc(f"job-{n:05d}", n=n)))
     server = serve(sessions_dir, wait_ready=False)  # returns as soon as /livez answers
     seen: list[tuple[int, dict[str, object]]] = []
+    api: list[tuple[int, dict[str, object]]] = []
 
     def ready() -> bool:
         response = server.get("/readyz")
         seen.append((response.status_code, response.json()))
         assert server.get("/livez").status_code == 200
+        if response.status_code != 200:  # the API meanwhile: never a 404 for a session not loaded yet
+            job = server.get("/api/v2/jobs/job-19999")
+            api.append((job.status_code, job.json()))
         return response.status_code == 200
 
     wait_until(ready, 60, what="the warm-up")
     assert seen[0] == (503, {"status": "warming"}), seen[:3]
     assert all(body == {"status": "warming"} for status, body in seen if status == 503)
+    assert api and all(status in (503, 200) for status, _ in api), api[:3]
+    assert all(body["type"] == "/problems/warming-up" for status, body in api if status == 503)
     assert seen[-1][1]["sessions"] == count
     assert server.get("/api/v2/jobs").headers["x-total-count"] == str(count)
 
