@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# client/ is the callers' library (its own distribution, job-sessions-client): the tests use it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,dev]"
+	$(BIN)/pip install --quiet -e ".[test,dev]" -e client
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,8 +29,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench deploy cluster
-	$(BIN)/ruff format --check app tests bench deploy cluster
+	$(BIN)/ruff check app tests bench deploy cluster client
+	$(BIN)/ruff format --check app tests bench deploy cluster client
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -40,4 +41,4 @@ prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster client/src/*.egg-info

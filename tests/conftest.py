@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,11 @@ def watch() -> Iterator[Callable[..., Watch]]:
     yield open_watch
     for stream in opened:
         stream.close()
+
+
+@pytest.fixture
+def stack(serve: Callable[..., Server]) -> Iterator[contextlib.ExitStack]:
+    """Clients, mirrors and watches a test opens (`stack.enter_context`), closed in teardown in
+    reverse order, before the servers they talk to are stopped (it depends on `serve`)."""
+    with contextlib.ExitStack() as stack:
+        yield stack

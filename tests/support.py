@@ -199,9 +199,15 @@ def start_server(
     wait_ready: bool = True,
     timeout: float = 60.0,
     prefix: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    """With `port`, on that port (a restart where the old process listened), else a free one."""
+    port = port if port is not None else free_port()
     log_path = log_dir / f"server-{port}.log"
+    restarts = 1
+    while log_path.exists():  # a restart on the same port keeps the log of the one before
+        log_path = log_dir / f"server-{port}-{restarts}.log"
+        restarts += 1
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), *args],

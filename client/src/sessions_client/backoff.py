@@ -1,0 +1,37 @@
+"""How long to wait before trying again: exponential backoff with full jitter.
+
+Full jitter (a delay drawn uniformly between 0 and the exponential bound) spreads the clients
+that lost the same replica at the same instant over the whole interval, where "equal jitter"
+or a fixed delay would send them back together (the AWS architecture blog's "Exponential
+Backoff And Jitter" measures the three)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retry `n` (1, 2, ...) waits uniform(0, min(maximum, initial * 2**(n-1))) seconds; a
+    Retry-After from the server is waited in full, plus that jitter, at most `maximum` more."""
+
+    initial: float = 0.25
+    maximum: float = 30.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial <= self.maximum):
+            raise ValueError("Backoff needs 0 < initial <= maximum")
+
+    def bound(self, attempt: int) -> float:
+        if attempt <= 0:
+            return 0.0
+        # min() before the power would overflow: 2**1100 is a float overflow.
+        return min(self.maximum, self.initial * 2.0 ** min(attempt - 1, 64))
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        jitter = self.rng.uniform(0.0, self.bound(attempt))
+        if retry_after is None:
+            return jitter
+        return min(retry_after, 3600.0) + jitter
