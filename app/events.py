@@ -18,7 +18,10 @@ class Format(enum.Enum):
     @classmethod
     def for_accept(cls, accept: bytes | None) -> Format:
         """SSE when the client accepts `text/event-stream` (with a q above 0), else NDJSON."""
-        if accept is None or b"text/event-stream" not in accept:
+        if accept is None:
+            return cls.NDJSON
+        accept = accept.lower()
+        if b"text/event-stream" not in accept:
             return cls.NDJSON
         for media_range in accept.split(b","):
             media_type, _, parameters = media_range.partition(b";")
@@ -64,7 +67,7 @@ def encode(
     if format is Format.NDJSON:
         parts.append(b"\n")
         return b"".join(parts)
-    head = [b"id: ", event_id, b"\n"] if event_id is not None else []
+    head = [b"id: ", event_id, b"\n"] if event_id else [b"id\n"] if event_id is not None else []
     return b"".join([*head, b"event: ", type_, b"\ndata: ", *parts, b"\n\n"])
 
 

@@ -84,8 +84,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     # (progress mark, when it was first seen) while a response waits on the client
     write_stalled: tuple[int, float] | None = None
-    # Set for a stream's connection: counts what the response wrote.
+    # Set while a stream's response is in progress: counts what the response wrote; its cycle.
     counting: CountingTransport | None = None
+    _stream_cycle: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,13 +126,23 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # Perhaps a stream: count its writes, for the stalled-reader check, and let it write
             # its events straight to the transport.
             self.counting = counting = CountingTransport(self.transport)
+            self._stream_cycle = cycle
             cycle.transport = counting  # type: ignore[assignment]
             flow = self.flow
 
             def write_chunk(data: bytes) -> bool:
-                if cycle.response_complete or cycle.disconnected or not cycle.chunked_encoding or flow.write_paused:
+                if (
+                    cycle.response_complete
+                    or cycle.disconnected
+                    or not cycle.chunked_encoding
+                    or flow.write_paused
+                    or counting.is_closing()
+                ):
                     return False
-                counting.write(b"%x\r\n%b\r\n" % (len(data), data))
+                try:
+                    counting.write(b"%x\r\n%b\r\n" % (len(data), data))
+                except RuntimeError:  # closed under us: the stream's own send finds out
+                    return False
                 return True
 
             self.scope.setdefault("extensions", {})[STREAM_WRITE] = write_chunk  # type: ignore[assignment]
@@ -139,6 +150,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # During the shutdown delay, answer and close: keep-alive clients reconnect, and
             # reach a replica that is not going away, instead of meeting the close at the end.
             self.cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        stream = self._stream_cycle
+        if stream is not None and stream.response_complete:
+            self.counting = self._stream_cycle = None  # what follows on the connection is no stream
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # uvicorn tells only the newest request's cycle: a request pipelined behind a stream
+        # would leave the stream waiting for a client that has gone, for its whole lifetime.
+        stream = self._stream_cycle
+        if stream is not None and stream is not self.cycle and not stream.response_complete:
+            stream.disconnected = True
+            stream.message_event.set()
 
     def on_message_complete(self) -> None:
         self.request_started = None

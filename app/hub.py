@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -143,7 +144,7 @@ class ChangeHub:
             return
         self.stopped = True
         for stream in list(self._streams):
-            stream.end(End.DRAIN, self._bookmark(stream))
+            stream.end(End.DRAIN, functools.partial(self._bookmark, stream))
         for waits in list(self._waits.values()):
             for wait in list(waits):
                 wait.resolve("drain")
@@ -194,7 +195,7 @@ class ChangeHub:
                 self._fan_out(change, now, wall)
             if change.job_id in self._jobs or change.job_id in self._waits:
                 touched[change.job_id] = change
-        self.delivered = changes[-1].revision
+            self.delivered = change.revision
         revision = self.token(self.delivered)
         for job_id, change in touched.items():
             self._refresh_job(job_id, revision, change.changed_at)
@@ -241,12 +242,26 @@ class ChangeHub:
                 if not revision:
                     revision = self.token(change.revision)
                 data = events.encode(group.format, type_, revision, summary, event_id=revision)
+                sent = 0
                 for stream in group.streams:
-                    if not stream.push(data, now):
-                        self._overflow(stream)
-                stats.sent(Kind.COLLECTION, type_, len(group.streams))
+                    try:
+                        if stream.push(data, now):
+                            sent += 1
+                        else:
+                            self._overflow(stream)
+                    except Exception:  # one broken stream must not stop the others' events
+                        self._broken(stream)
+                stats.sent(Kind.COLLECTION, type_, sent)
         if revision:
-            stats.lag(wall - change.changed_at)
+            self._observe_lag(wall - change.changed_at)
+
+    def _observe_lag(self, seconds: float) -> None:
+        if 0 <= seconds < 60:  # a file copied in may keep an old modification time
+            self.stats.lag(seconds)
+
+    def _broken(self, stream: Stream) -> None:
+        logger.exception("a stream failed; ending it", extra={"kind": stream.kind.value})
+        stream.end(End.CLIENT)
 
     def _overflow(self, stream: Stream) -> None:
         if stream.ended is None:
@@ -310,14 +325,18 @@ class ChangeHub:
         now = self._now()
         encoded: dict[object, bytes] = {}
         sent: dict[bytes, int] = {}
-        for stream in streams:
-            type_ = stream.offer(document, revision, now, encoded)
+        for stream in list(streams):
+            try:
+                type_ = stream.offer(document, revision, now, encoded)
+            except Exception:  # one broken stream must not stop the others' events
+                self._broken(stream)
+                continue
             if type_ is not None:
                 sent[type_] = sent.get(type_, 0) + 1
         for type_, count in sent.items():
             self.stats.sent(Kind.JOB, type_, count)
         if sent and changed_at is not None:
-            self.stats.lag(time.time() - changed_at)
+            self._observe_lag(time.time() - changed_at)
 
     # --- streams and waits ---------------------------------------------------------------------
 
@@ -347,7 +366,7 @@ class ChangeHub:
         assert self._deadlines is not None
         deadline = self._deadlines.add(
             self._now() + random.uniform(timeout, 2 * timeout),
-            lambda: stream.end(End.TIMEOUT, self._bookmark(stream)),
+            lambda: stream.end(End.TIMEOUT, functools.partial(self._bookmark, stream)),
         )
         stream.last_push = self._now()
         self._lifetimes[stream] = deadline
@@ -411,7 +430,8 @@ class ChangeHub:
             wait.resolve("changed")
         return wait
 
-    def close_wait(self, wait: Wait, reason: str) -> None:
+    def close_wait(self, wait: Wait) -> None:
+        """A wait is over (its request may wait again: it keeps its slot until `finish_wait`)."""
         waits = self._waits.get(wait.job_id)
         if waits is not None:
             waits.discard(wait)
@@ -419,6 +439,9 @@ class ChangeHub:
                 del self._waits[wait.job_id]
         if wait.deadline is not None and self._deadlines is not None:
             self._deadlines.cancel(wait.deadline)
+
+    def finish_wait(self, reason: str) -> None:
+        """An admitted long poll has answered (or its client has gone)."""
         self.stats.open["wait"] -= 1
         self.stats.end("wait", reason)
 
@@ -428,17 +451,28 @@ class ChangeHub:
 
     # --- bookmarks -------------------------------------------------------------------------------
 
-    def _bookmark(self, stream: Stream) -> bytes:
-        revision = self.token(self.delivered)
-        event_id = revision if stream.kind is Kind.COLLECTION else None
+    def _bookmark(self, stream: Stream) -> bytes | None:
+        """A stream's last bookmark: the revision up to which it has every change; none for a
+        stream whose initial state is unfinished (its client must start again)."""
+        if stream in self._quiet:  # live: it has everything delivered
+            revision = self.delivered
+        elif stream.position is not None:
+            revision = stream.position
+        else:
+            return None
+        token = self.token(revision)
         self.stats.sent(stream.kind, events.BOOKMARK, 1)
-        return events.encode(stream.format, events.BOOKMARK, revision, event_id=event_id)
+        event_id = token if stream.kind is Kind.COLLECTION else None
+        return events.encode(stream.format, events.BOOKMARK, token, event_id=event_id)
 
     async def _send_bookmarks(self) -> None:
         interval = min(1.0, self.settings.bookmark_s / 4)
         while True:
             await asyncio.sleep(interval)
-            self.send_due_bookmarks()
+            try:
+                self.send_due_bookmarks()
+            except Exception:  # the heartbeat of every stream: it must outlive any surprise
+                logger.exception("sending bookmarks failed")
 
     def send_due_bookmarks(self) -> int:
         now = self._now()
@@ -448,16 +482,25 @@ class ChangeHub:
             return 0
         encoded: dict[tuple[Format, Kind], bytes] = {}
         revision = self.token(self.delivered)
+        sent = 0
         for stream in due:
+            if stream.ended is not None:
+                del self._quiet[stream]  # ending: no more heartbeats (its task removes the rest)
+                continue
             key = (stream.format, stream.kind)
             data = encoded.get(key)
             if data is None:
                 event_id = revision if stream.kind is Kind.COLLECTION else None
                 data = encoded[key] = events.encode(stream.format, events.BOOKMARK, revision, event_id=event_id)
-            if not stream.push(data, now):
-                self._overflow(stream)
-            self.stats.sent(stream.kind, events.BOOKMARK, 1)
-        return len(due)
+            try:
+                if stream.push(data, now):
+                    sent += 1
+                    self.stats.sent(stream.kind, events.BOOKMARK, 1)
+                else:
+                    self._overflow(stream)
+            except Exception:
+                self._broken(stream)
+        return sent
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 from app.sessionfile import Document
 from app.store import SessionStore
+
+T = TypeVar("T")
 
 
 class MissLoader:
@@ -28,6 +32,10 @@ class MissLoader:
             future.add_done_callback(functools.partial(self._done, job_id))
         # shield: one waiter giving up (a client that disconnects) must not cancel the others'.
         return await asyncio.shield(future)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Other blocking work of the request side, in the same bounded pool of threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def _done(self, job_id: str, future: asyncio.Future[Document]) -> None:
         self._in_flight.pop(job_id, None)

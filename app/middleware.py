@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.logs import access_log
 from app.metrics import Metrics
 from app.problems import problem
-from app.routes import route_label
+from app.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -54,6 +54,8 @@ class RequestObserver:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            if status == 500 and scope.get(CLIENT_GONE_KEY):
+                status = CLIENT_GONE
             route = route_label(scope)
             method = scope["method"]
             self.metrics.observe_request(route, method, status, seconds)

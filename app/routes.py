@@ -17,6 +17,10 @@ JOB_WATCH = JOB + "?watch"
 JOB_WAIT = JOB + "?wait"
 # Set in the scope by an endpoint whose request is one of those.
 LABEL_KEY = "sessions.route"
+# Set by an endpoint that gave no answer because its client had gone (a long poll): 499, as
+# nginx logs it, rather than the 500 of a request that never answered.
+CLIENT_GONE_KEY = "sessions.client_gone"
+CLIENT_GONE = 499
 
 
 class RouteSpec(NamedTuple):

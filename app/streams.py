@@ -50,6 +50,8 @@ class Stream:
         "last_push",
         "_touch",
         "write_now",
+        "position",
+        "_final",
         "__weakref__",
     )
 
@@ -66,6 +68,10 @@ class Stream:
         # an event for an idle stream whose client keeps up is written at once, with no wake-up
         # of its task. Anything else goes through the buffer and the task's `send`.
         self.write_now: Callable[[bytes], bool] | None = None
+        # Until it is live: the revision up to which this stream has sent every change (None
+        # while its initial state is unfinished). Its last bookmark may only name that.
+        self.position: int | None = None
+        self._final: Callable[[], bytes | None] | None = None
 
     def push(self, data: bytes, now: float) -> bool:
         """Queue an event; False when the stream has ended, or when a collection stream's
@@ -95,13 +101,12 @@ class Stream:
         self.ended = End.SLOW
         self._wake()
 
-    def end(self, reason: End, last: bytes | None = None) -> None:
-        """End once what is pending (and `last`, if given) is written."""
+    def end(self, reason: End, final: Callable[[], bytes | None] | None = None) -> None:
+        """End once what is pending is written; then `final()`, made at that moment (a last
+        bookmark naming what the stream has really sent), if it gives anything."""
         if self.ended is not None:
             return
-        if last is not None:
-            self._chunks.append(last)
-            self._bytes += len(last)
+        self._final = final
         self.ended = reason
         self._wake()
 
@@ -140,7 +145,8 @@ class Stream:
                     break
                 await self._wait()
             if self.ended is not End.CLIENT:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                last = self._final() if self._final is not None else None
+                await send({"type": "http.response.body", "body": last or b"", "more_body": False})
         finally:
             watcher.cancel()
         return self.ended
@@ -194,7 +200,9 @@ class JobStream(Stream):
                 revision,
                 events.one_line(body.body) if body is not None else b"null",
                 etag=before_etag if document is None else etag,
-                event_id=None if document is None else etag,
+                # An empty id resets an EventSource's Last-Event-ID: a reconnect after DELETED
+                # must not claim the deleted version, or a job back with the same bytes is missed.
+                event_id=b"" if document is None else etag,
             )
         self.last_push = now
         self._touch(self)

@@ -5,13 +5,14 @@ with a 503), writes what the client is missing, then pumps live events until the
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
 from app import events, prefer, problems, routes
 from app.changelog import Expired, StoreChange
-from app.errors import RevisionExpired, ServiceError, SessionNotFound
+from app.errors import RevisionExpired, ServiceError
 from app.etags import etag_matches, normalize
 from app.events import Format
 from app.httpprotocol import STREAM_WRITE
@@ -20,7 +21,11 @@ from app.listing import ListQuery, SessionFilter
 from app.sessionfile import Document
 from app.streams import JobStream, Kind, Stream, until_disconnect
 
-INITIAL_CHUNK = 500  # events written per send while sending an initial state or catching up
+# While sending an initial state or catching up: at most this many events per read of the log,
+# and a send once this many bytes are encoded, so that a slow client holds the stream back (the
+# send waits for its transport to drain) instead of having megabytes buffered for it.
+INITIAL_CHUNK = 500
+SEND_BYTES = 64 * 1024
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -75,7 +80,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
     format = Format.for_accept(header(scope, b"accept"))
     # An EventSource that reconnects sends the last id it saw: newer than the URL's revision.
     last_event_id = header(scope, b"last-event-id")
-    token = last_event_id.decode("latin-1").strip() if last_event_id is not None else query.revision
+    token = last_event_id.decode("latin-1").strip() if last_event_id else query.revision
     position: int | None = None
     if token is not None:
         try:
@@ -85,10 +90,11 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
                 f"revision {token[:80]!r} is not in this replica's history (another replica's, from before a "
                 "restart, or too old): list again and watch from the list's X-Revision"
             ) from None
+    hub.admit(Kind.COLLECTION.value)  # a HEAD too: it answers as a GET would begin
     if scope["method"] == "HEAD":
+        hub.release(Kind.COLLECTION.value)
         await _headers_only(send, format)
         return
-    hub.admit(Kind.COLLECTION.value)
     stream = Stream(Kind.COLLECTION, format, hub.touch)
     hub.open_stream(stream)
     filter = query.filter
@@ -107,27 +113,35 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
 async def _send_initial_state(hub: ChangeHub, stream: Stream, filter: SessionFilter, send: Send) -> int | None:
     """ADDED for every session that matches now, then the initial_events_end bookmark; the
     revision they reflect (None if the stream ended meanwhile)."""
-    summaries, revision = hub.store.snapshot(
-        statuses=filter.statuses, user_id=filter.user_id, include_saved=filter.include_saved
+    # Off the loop: O(matching sessions) under the store's lock (tens of ms at a million).
+    summaries, revision = await hub.loader.run(
+        functools.partial(
+            hub.store.snapshot, statuses=filter.statuses, user_id=filter.user_id, include_saved=filter.include_saved
+        )
     )
     token = hub.token(revision)
     format = stream.format
-    for start in range(0, len(summaries), INITIAL_CHUNK):
-        if stream.ended is not None:
-            return None
+    parts: list[bytes] = []
+    size = 0
+    for number, summary in enumerate(summaries):
         # No SSE id on these: an EventSource reconnecting in the middle must not resume from
         # a revision whose state it has only half received.
-        chunk = b"".join(
-            events.encode(format, events.ADDED, token, summary) for summary in summaries[start : start + INITIAL_CHUNK]
-        )
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await asyncio.sleep(0)  # a large initial state must not hold the loop
+        event = events.encode(format, events.ADDED, token, summary)
+        parts.append(event)
+        size += len(event)
+        if size >= SEND_BYTES or number == len(summaries) - 1:
+            if stream.ended is not None:
+                return None
+            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+            parts, size = [], 0
+            await asyncio.sleep(0)  # a large initial state must not hold the loop
     hub.stats.sent(Kind.COLLECTION, events.ADDED, len(summaries))
     if stream.ended is not None:
         return None
     bookmark = events.encode(format, events.BOOKMARK, token, event_id=token, initial_events_end=True)
     hub.stats.sent(Kind.COLLECTION, events.BOOKMARK, 1)
     await send({"type": "http.response.body", "body": bookmark, "more_body": True})
+    stream.position = revision
     return revision
 
 
@@ -135,6 +149,7 @@ async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, posit
     """Write the changes after `position` from the log until the stream is level with the hub;
     True once it is (attach it then, before anything else runs), False if it ended."""
     store, format = hub.store, stream.format
+    stream.position = position
     while stream.ended is None:
         hub.catch_up(position)
         if position >= hub.delivered:
@@ -154,16 +169,22 @@ async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, posit
                 )
             )
             return False
-        parts = []
+        parts: list[bytes] = []
+        size = 0
         for change in changes:
             event = collection_event(filter, change)
             if event is not None:
                 token = hub.token(change.revision)
                 parts.append(events.encode(format, event[0], token, event[1], event_id=token))
+                size += len(parts[-1])
                 hub.stats.sent(Kind.COLLECTION, event[0], 1)
-        position = changes[-1].revision
-        if parts:
-            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+            if size >= SEND_BYTES or (change is changes[-1] and parts):
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                parts, size = [], 0
+                stream.position = change.revision
+                if stream.ended is not None:
+                    return False
+        position = stream.position = changes[-1].revision
         await asyncio.sleep(0)
     return False
 
@@ -177,18 +198,21 @@ async def watch_job(scope: Scope, receive: Receive, send: Send, job_id: str) -> 
     store = hub.store
     format = Format.for_accept(header(scope, b"accept"))
     given = header(scope, b"last-event-id") or header(scope, b"if-none-match")
+    hub.admit(Kind.JOB.value)
     if scope["method"] == "HEAD":
+        hub.release(Kind.JOB.value)
         await _headers_only(send, format)
         return
-    hub.admit(Kind.JOB.value)
     stream = JobStream(job_id, format, hub.touch)
     hub.open_stream(stream)
     try:
         await _start(send, format)
         current = store.current_etag(job_id)
-        if given is not None:
+        if given:
             if current is not None and etag_matches(given, current):
                 stream.etag, stream.document = current, store.current_document(job_id)
+                if stream.document is None:  # evicted: read it, as the object of a DELETED
+                    stream.document = await _load_quietly(hub, job_id, current)
             elif current is None and given.strip() != b"*":
                 # The client has a version of a job that is gone now: it hears DELETED.
                 stream.etag = normalize(given.split(b",")[0])
@@ -215,43 +239,86 @@ async def watch_job(scope: Scope, receive: Receive, send: Send, job_id: str) -> 
 # --- the long poll: GET /api/v2/jobs/{job_id} + If-None-Match + Prefer: wait=N --------------------
 
 
+async def _load_quietly(hub: ChangeHub, job_id: str, etag: bytes) -> Document | None:
+    try:
+        document: Document = await hub.loader.load(job_id)
+    except ServiceError:
+        return None
+    return document if document.etag == etag else None
+
+
 async def long_poll(
     scope: Scope, receive: Receive, send: Send, document: Document, stale: bool, requested: int
 ) -> None:
     """If-None-Match matched `document`: answer when the job changes, or 304 after the wait."""
     scope[routes.LABEL_KEY] = routes.JOB_WAIT
     hub: ChangeHub = scope["state"]["hub"]
-    job_id = document.job_id
+    loop = asyncio.get_running_loop()
     seconds = min(float(requested), hub.settings.max_wait_s)
+    if not (hub.ready and not hub.stopped):
+        seconds = 0.0  # warming or shutting down: answer now, and say no wait was applied
     applied = (b"preference-applied", prefer.applied(seconds))
-    reason = "timeout"
-    if seconds > 0 and hub.ready and not hub.stopped:
+    deadline = loop.time() + seconds
+    if seconds > 0:
         hub.admit("wait")
-        wait = hub.open_wait(job_id, document.etag, seconds)
-        watcher = asyncio.ensure_future(until_disconnect(receive))
-        watcher.add_done_callback(lambda _: wait.resolve("client"))
+        reason = "client"  # if the task is cancelled (a graceful timeout)
         try:
-            reason = await wait.future
+            reason = await _wait_and_answer(scope, receive, send, hub, document, applied, deadline)
         finally:
-            watcher.cancel()
-            hub.close_wait(wait, reason if wait.future.done() else "client")
-        if reason == "client":
+            hub.finish_wait(reason)
+        if reason != "timeout" and reason != "drain":
             return
-    if reason == "changed":
+    headers = document.stale_not_modified_headers() if stale else document.not_modified_headers
+    await send({"type": "http.response.start", "status": 304, "headers": [*headers, applied]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _wait_and_answer(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    hub: ChangeHub,
+    document: Document,
+    applied: tuple[bytes, bytes],
+    deadline: float,
+) -> str:
+    """Wait for the job to differ from `document`; answer if it did (200, or the problem of a
+    deletion). Why the wait ended: changed, timeout, drain, or client (nothing to answer)."""
+    loop = asyncio.get_running_loop()
+    job_id = document.job_id
+    while True:
+        reason = await _wait_for_change(hub, receive, job_id, document.etag, deadline - loop.time())
+        if reason == "client":
+            scope[routes.CLIENT_GONE_KEY] = True  # no answer to give: counted as a 499, not a 500
+            return reason
+        if reason != "changed":
+            return reason
         try:
             current, stale = hub.store.lookup(job_id)
             if current is None:
                 current = await scope["state"]["loader"].load(job_id)
-        except SessionNotFound as exc:
-            response = problems.problem(
-                exc.status, exc.title, exc.detail, exc.type, {"Preference-Applied": applied[1].decode()}
-            )
-            await response(scope, receive, send)
-            return
+        except ServiceError as exc:  # deleted (404), or unreadable now (503)
+            headers = {"Preference-Applied": applied[1].decode()}
+            if exc.retry_after is not None:
+                headers["Retry-After"] = exc.retry_after
+            await problems.problem(exc.status, exc.title, exc.detail, exc.type, headers)(scope, receive, send)
+            return reason
+        if current.etag == document.etag and loop.time() < deadline:
+            continue  # changed and changed back before we looked: still the client's version
         fresh = current.stale_headers() if stale else current.headers
         await send({"type": "http.response.start", "status": 200, "headers": [*fresh, applied]})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else current.body})
-        return
-    headers = document.stale_not_modified_headers() if stale else document.not_modified_headers
-    await send({"type": "http.response.start", "status": 304, "headers": [*headers, applied]})
-    await send({"type": "http.response.body", "body": b""})
+        return reason
+
+
+async def _wait_for_change(hub: ChangeHub, receive: Receive, job_id: str, etag: bytes, seconds: float) -> str:
+    if seconds <= 0:
+        return "timeout"
+    wait = hub.open_wait(job_id, etag, seconds)
+    watcher = asyncio.ensure_future(until_disconnect(receive))
+    watcher.add_done_callback(lambda _: wait.resolve("client"))
+    try:
+        return await wait.future
+    finally:
+        watcher.cancel()
+        hub.close_wait(wait)

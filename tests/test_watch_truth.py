@@ -23,30 +23,55 @@ from tests.watch_support import Watch
 
 
 class CollectionMirror:
-    """A caller's local copy of the collection (one filter)."""
+    """A caller's local copy of the collection (one filter): list, watch from the list's
+    revision, resume from the last revision seen when a stream ends (the server ends them after
+    their lifetime), list again on an ERROR or a 410 (as Kubernetes informers do)."""
 
     def __init__(self, server: Server, query: str, sse: bool, status: str | None = None) -> None:
         self.server, self.query, self.sse, self.status = server, query, sse, status
-        self.relists = 0
-        self._start()
+        self.relists = self.resumes = 0
+        self._relist()
 
-    def _start(self) -> None:
+    def _relist(self) -> None:
         response = httpx.get(f"{self.server.base_url}/api/v2/jobs?limit=1000&{self.query}", timeout=10)
         assert response.status_code == 200
-        self.listed = {item["job_id"]: item for item in response.json()}
-        revision = response.headers["x-revision"]
+        self.state = {item["job_id"]: item for item in response.json()}
+        self.seen: set[str] = set()  # revisions of changes applied since the list: none twice
+        self._watch(response.headers["x-revision"])
+
+    def _watch(self, revision: str) -> None:
+        self.revision = revision
         self.watch = Watch(
             self.server.base_url, f"/api/v2/jobs?watch=true&revision={revision}&{self.query}", sse=self.sse
         )
+        self.applied = 0
 
-    def state(self) -> dict[str, Any]:
-        events = list(self.watch.events)
-        if self.watch.ended or any(event["type"] == "ERROR" for event in events):
+    def _catch_up(self) -> None:
+        events = self.watch.events[self.applied :]
+        self.applied += len(events)
+        for event in events:
+            if event["type"] == "ERROR":
+                self.watch.close()
+                self.relists += 1
+                self._relist()
+                return
+            if event["type"] != "BOOKMARK":
+                assert event["revision"] not in self.seen, f"{self.query!r}: an event sent twice: {event}"
+                self.seen.add(event["revision"])
+                job_id = event["object"]["job_id"]
+                if event["type"] == "DELETED":
+                    self.state.pop(job_id, None)
+                else:
+                    self.state[job_id] = event["object"]
+            self.revision = event["revision"]
+        if self.watch.ended:
             self.watch.close()
-            self.relists += 1
-            self._start()
-            events = []
-        return _apply(self.listed, events)
+            if self.watch.status == 410:
+                self.relists += 1
+                self._relist()
+            else:
+                self.resumes += 1
+                self._watch(self.revision)
 
     def differs(self, expected: dict[str, Expected]) -> str | None:
         want = {
@@ -54,43 +79,46 @@ class CollectionMirror:
             for job_id, e in expected.items()
             if e.item is not None and (self.status is None or e.item["status"] == self.status)
         }
-        got = self.state()
-        if got != want:
-            return f"collection mirror {self.query!r}: {sorted(got)} != {sorted(want)}"
+        self._catch_up()
+        if self.state != want:
+            return f"collection mirror {self.query!r}: {sorted(self.state)} != {sorted(want)}"
         return None
 
     def close(self) -> None:
         self.watch.close()
 
 
-def _apply(listed: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
-    state = dict(listed)
-    for event in events:
-        if event["type"] in ("ADDED", "MODIFIED"):
-            state[event["object"]["job_id"]] = event["object"]
-        elif event["type"] == "DELETED":
-            state.pop(event["object"]["job_id"], None)
-    return state
-
-
 class JobMirror:
-    """A caller's local copy of one job: its document, or None."""
+    """A caller's local copy of one job: its document, or None; resuming by ETag when the
+    server ends a stream."""
 
     def __init__(self, server: Server, job_id: str, sse: bool) -> None:
-        self.job_id = job_id
-        self.watch = Watch(server.base_url, f"/api/v2/jobs/{job_id}?watch=true", sse=sse)
+        self.server, self.job_id, self.sse = server, job_id, sse
+        self.document: Any = None
+        self.etag: str | None = None
+        self._watch()
+
+    def _watch(self) -> None:
+        headers = {"Last-Event-ID": self.etag} if self.etag else {}
+        self.watch = Watch(self.server.base_url, f"/api/v2/jobs/{self.job_id}?watch=true", headers, sse=self.sse)
+        self.applied = 0
 
     def differs(self, expected: dict[str, Expected]) -> str | None:
-        document = None
-        for event in list(self.watch.events):
+        events = self.watch.events[self.applied :]
+        self.applied += len(events)
+        for event in events:
             if event["type"] in ("ADDED", "MODIFIED"):
-                document = event["object"]
+                self.document, self.etag = event["object"], event["etag"]
             elif event["type"] == "DELETED":
-                document = None
+                self.document, self.etag = None, None
+        if self.watch.ended:
+            if self.watch.failure is not None:
+                return f"job mirror {self.job_id}: the stream failed ({self.watch.failure!r})"
+            self.watch.close()
+            self._watch()  # the server ended it (its lifetime): resume by ETag
         e = expected[self.job_id]
         want = orjson.loads(e.body) if e.status == 200 and e.body is not None else None
-        if self.watch.ended:
-            return f"job mirror {self.job_id}: the stream ended ({self.watch.failure!r})"
+        document = self.document
         if document != want:
             return f"job mirror {self.job_id}: {document} != {want}"
         return None
@@ -120,8 +148,12 @@ class WatchersAgree(FolderIsTheTruth):
                 return problem
         return None
 
+    resumes = 0  # over every run: the streams the server ended were resumed, not relisted
+
     def teardown(self) -> None:
         for watcher in self.mirrors:
+            if isinstance(watcher, CollectionMirror):
+                WatchersAgree.resumes += watcher.resumes
             watcher.close()
         super().teardown()
 
@@ -135,8 +167,10 @@ def test_watchers_agree_with_the_folder(mode: str, sessions_dir: Path, serve: Ca
         "SESSIONS_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
         "SESSIONS_LOG_LEVEL": "warning",
         "SESSIONS_BOOKMARK_S": "1",
+        "SESSIONS_STREAM_TIMEOUT_S": "0.5",  # streams end mid-run: the callers resume
     }
     WatchersAgree.server = serve(sessions_dir, env=env)
+    WatchersAgree.resumes = 0
     WatchersAgree.folder = sessions_dir
     run_state_machine_as_test(
         WatchersAgree,
@@ -149,3 +183,4 @@ def test_watchers_agree_with_the_folder(mode: str, sessions_dir: Path, serve: Ca
         ),
     )
     assert WatchersAgree.server.process.poll() is None
+    assert WatchersAgree.resumes > 0, "no stream ended during the run: resuming went untested"
