@@ -86,6 +86,7 @@ class LogWriter:
         self._done = 0  # ...and done
         self._pass_done = threading.Condition(self._lock)
         self._wake = threading.Event()
+        self._idle = False  # the writer waits with no timer: nothing is queued
         self._flush_asked = False
         self._closing = False
         self._direct = False  # after a clean close: write at once, there is no thread any more
@@ -108,6 +109,9 @@ class LogWriter:
             queue.append(line)
             if waiting + 1 >= self._batch_lines:
                 self._make(wait=False)
+            elif self._idle:  # read after the append: see _run
+                self._idle = False
+                self._wake.set()
             return
         if self._direct:
             self._write_direct(line)
@@ -187,7 +191,16 @@ class LogWriter:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._interval_s)
+            # With nothing queued, wait with no timer: an idle process costs no wake-ups. The
+            # flag is set before the queue is looked at, and `write` reads it after appending,
+            # so a line queued meanwhile always wakes us.
+            self._idle = True
+            if not self._queue and not self._made and not self._closing and not self._flush_asked:
+                self._wake.wait()
+                self._wake.clear()
+            self._idle = False
+            if not (self._closing or self._flush_asked):
+                self._wake.wait(self._interval_s)  # gather the lines of the interval: one large write
             self._wake.clear()
             closing = self._closing  # read first: what was queued before close() is written below
             self._pass()

@@ -41,6 +41,10 @@ SWITCH_INTERVAL_S = 0.001
 # While uvicorn waits for responses to finish at shutdown, a client that has stopped reading
 # would hold the process until the graceful timeout: let it go after this long without progress.
 SHUTDOWN_STALL_S = 1.0
+# uvicorn's main loop ticks ten times a second; once a second does its work here (the date
+# header, the sweep of stalled requests), with a signal or the drain deadline waking it at once:
+# an idle process costs fewer wake-ups (they were a third of its idle CPU).
+TICK_S = 1.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -50,6 +54,26 @@ class DrainingServer(uvicorn.Server):
         self._shutdown = shutdown
         self._draining = shutdown.draining
         self._drain_deadline: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = wake = asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000  # uvicorn's on_tick works at multiples of 10 ticks
+            timeout = TICK_S
+            if self._drain_deadline is not None:
+                timeout = min(timeout, max(0.0, self._drain_deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+            wake.clear()
+
+    def _wake_main_loop(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's own handler, the signal is not recorded for re-raising after the
@@ -59,12 +83,13 @@ class DrainingServer(uvicorn.Server):
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             self.should_exit = True
+            self._wake_main_loop()
             return
         self._draining.set()
         self._drain_deadline = time.monotonic() + self._shutdown_delay_s
+        self._wake_main_loop()
 
     async def on_tick(self, counter: int) -> bool:
-        # uvicorn ticks every 100 ms
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:
             self.should_exit = True
         if counter % 10 == 0:

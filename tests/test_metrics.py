@@ -380,7 +380,7 @@ def test_requests_add_up_across_workers(sessions_dir: Path, serve: Callable[...,
         metrics_counted = scraped.value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
         return job_requests(scraped) == count and metrics_counted == scrapes - 1
 
-    # Each worker publishes its requests within a monitor tick (0.25 s): scrape less often.
+    # Each worker publishes its requests within a monitor tick (1 s): scrape less often.
     scraped = wait_for_scrape(server, added_up, 20, what="the requests of both workers to add up", interval=0.5)
     labels = {"route": JOB_ROUTE, "method": "GET", "status": "200"}
     assert assert_histogram_consistent(scraped, "sessions_http_request_duration_seconds", **labels) == count
@@ -402,7 +402,7 @@ def test_a_restarted_worker_is_not_counted_twice(sessions_dir: Path, serve: Call
     wait_until(lambda: len(worker_pids(server) - pids) == 1, 60, what="a replacement worker")
     wait_until(lambda: server.get("/readyz").status_code == 200, 30)
     # The dead worker's cache is gone with it: its gauges must not be summed any more. Watch the
-    # sum for several monitor ticks (0.25 s): it may dip while the replacement warms up, but it
+    # sum for several monitor ticks (1 s each): it may dip while the replacement warms up, but it
     # never counts the dead worker (above 6), and it ends with the two live caches.
     entries = [s.value("sessions_cache_entries") for s in scrapes_for(server, 3.0)]
     assert max(entries) <= 6 and entries[-1] == 6, entries
