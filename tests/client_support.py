@@ -93,6 +93,8 @@ class Forwarder:
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self.connections = 0
+        self.refused = 0
+        self._to_refuse = 0
         self._accepting = threading.Thread(target=self._accept, name="forwarder accept", daemon=True)
         self._accepting.start()
 
@@ -102,6 +104,12 @@ class Forwarder:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # closed
+            with self._lock:
+                refuse, self._to_refuse = self._to_refuse > 0, max(0, self._to_refuse - 1)
+                self.refused += refuse
+            if refuse:
+                client.close()  # a replica that died mid-request: the caller's request gets no answer
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self._backend), timeout=5)
             except OSError:
@@ -126,6 +134,11 @@ class Forwarder:
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def refuse(self, count: int) -> None:
+        """Close the next `count` connections as soon as they are accepted, without a byte."""
+        with self._lock:
+            self._to_refuse = count
 
     def switch(self, backend_port: int) -> None:
         self._backend = backend_port

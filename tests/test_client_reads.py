@@ -24,7 +24,7 @@ from sessions_client import (
 )
 from sessions_client.polling import assemble
 
-from tests.client_support import FAST_BACKOFF, listed
+from tests.client_support import FAST_BACKOFF, Forwarder, listed
 from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
 from tests.support import Server, put_session, wait_until, write_in_place
 
@@ -140,6 +140,43 @@ def test_problems_are_typed(sessions_dir: Path, serve: Serve, client_for: Callab
         client.get("j")  # the cached version is dropped, not served
     with pytest.raises(TransportError), SessionsClient("http://127.0.0.1:9", timeout=2) as nowhere:
         nowhere.get("j")
+
+
+def test_reads_are_tried_again_after_a_connection_that_dies(sessions_dir: Path, serve: Serve) -> None:
+    """A replica killed mid-request leaves the caller a connection closed without an answer:
+    get and each list page try again (twice by default), and fail only when every try did."""
+    for job_id in ("a", "b", "c"):
+        put_session(sessions_dir, job_id)
+    server = serve(sessions_dir)
+    front = Forwarder(int(server.base_url.rsplit(":", 1)[1]))
+    try:
+        # A new client for each case: a kept-alive connection would not meet the refusals.
+        with SessionsClient(front.base_url, backoff=FAST_BACKOFF) as client:
+            front.refuse(2)
+            assert client.get("a").job_id == "a" and front.refused == 2
+        with SessionsClient(front.base_url, backoff=FAST_BACKOFF) as client:
+            front.refuse(2)
+            assert sorted(item.job_id for item in client.list(limit=1)) == ["a", "b", "c"]
+            assert front.refused == 4
+        with SessionsClient(front.base_url, backoff=FAST_BACKOFF) as client:
+            front.refuse(3)
+            with pytest.raises(TransportError):
+                client.get("a")  # three failures: the first try and both retries
+            assert front.refused == 7
+        with SessionsClient(front.base_url, backoff=FAST_BACKOFF, retries=0) as client:
+            front.refuse(1)
+            with pytest.raises(TransportError):
+                client.get("a")
+            assert client.get("a").job_id == "a" and front.refused == 8
+
+        async def the_async_client() -> None:
+            async with AsyncSessionsClient(front.base_url, backoff=FAST_BACKOFF) as client:
+                front.refuse(2)
+                assert (await client.get("b")).job_id == "b" and front.refused == 10
+
+        asyncio.run(the_async_client())
+    finally:
+        front.close()
 
 
 def test_the_token(sessions_dir: Path, serve: Serve, client_for: Callable[..., SessionsClient]) -> None:

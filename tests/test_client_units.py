@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sessions_client import Backoff, EventType, Filter, NotFound, Session, SessionDeleted, Unauthorized, WaitTimeout
+from sessions_client.backoff import READ_RETRY_STATUSES, read_retry_delay
 from sessions_client.errors import Gone, Unavailable, problem_from
 from sessions_client.models import Page, Summary
 from sessions_client.polling import ETagCache, Waiting, assemble
@@ -281,3 +282,22 @@ def test_wait_outcomes() -> None:
     with pytest.raises(WaitTimeout) as late:
         waiting.request()
     assert isinstance(late.value.session, Session) and late.value.session.etag == '"e1"'
+
+
+def test_read_retries_are_bounded_and_honour_retry_after() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0, rng=random.Random(3))
+    assert [read_retry_delay(backoff, n, 2, None, 10.0) is None for n in (1, 2, 3)] == [False, False, True]
+    assert all(0 <= read_retry_delay(backoff, 1, 2, None, 10.0) <= 0.1 for _ in range(50))  # type: ignore[operator]
+    assert 2.0 <= read_retry_delay(backoff, 1, 2, 2.0, 10.0) <= 2.1  # type: ignore[operator]
+    assert read_retry_delay(backoff, 1, 2, 60.0, 5.0) == 5.0  # never longer than the client's timeout
+    assert read_retry_delay(backoff, 1, 0, None, 5.0) is None
+    assert 503 in READ_RETRY_STATUSES and 500 not in READ_RETRY_STATUSES
+
+
+def test_a_collection_watch_names_itself_to_the_load_balancer() -> None:
+    """The same key on every stream of one watch (its resumes hash to one replica), another for
+    each watch (watches spread); job watches hash on the job id and send none."""
+    one, two = CollectionReflector(Filter(), Backoff()), CollectionReflector(Filter(), Backoff())
+    keys = {one.target()[2]["X-Sessions-Client"] for _ in range(3)}
+    assert keys == {one.key} and len(one.key) == 16 and one.key != two.target()[2]["X-Sessions-Client"]
+    assert "X-Sessions-Client" not in JobReflector("j", Backoff()).target()[2]

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from sessions_client.backoff import Backoff
-from sessions_client.errors import ProtocolError, TransportError, problem_from
+from sessions_client.backoff import DEFAULT_RETRIES, READ_RETRY_STATUSES, Backoff, read_retry_delay
+from sessions_client.errors import ProtocolError, TransportError, problem_from, retry_after
 from sessions_client.models import EventType, Filter, JobEvent, Page, Session, SessionList, WatchEvent
 from sessions_client.polling import ETagCache, Waiting, assemble, conditional, read_answer, until_predicate
 from sessions_client.reflector import CollectionReflector, E, JobReflector, StreamReflector, watch_filter
@@ -43,6 +43,7 @@ class AsyncSessionsClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
         backoff: Backoff | None = None,
+        retries: int = DEFAULT_RETRIES,
         cache_size: int = DEFAULT_CACHE_SIZE,
         headers: Mapping[str, str] | None = None,
         http: httpx.AsyncClient | None = None,
@@ -50,6 +51,9 @@ class AsyncSessionsClient:
         self.base_url = base_url.rstrip("/")
         self.backoff = backoff or Backoff()
         self.timeout = timeout
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.retries = retries
         self._stream_timeout = httpx.Timeout(timeout, read=stream_timeout)
         self._headers = request_headers(token, headers)
         self._cache = ETagCache(cache_size)
@@ -210,9 +214,24 @@ class AsyncSessionsClient:
     # --- I/O -----------------------------------------------------------------------------------
 
     async def _send(self, path: str, params: Any = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
-        try:
-            return await self._http.get(
-                self.base_url + path, params=params, headers={**self._headers, **(headers or {})}
-            )
-        except httpx.TransportError as exc:
-            raise TransportError(f"GET {path}: {exc!r}") from exc
+        """GET `path`; a transport error or a status of READ_RETRY_STATUSES is tried again up to
+        `retries` times (a GET has no effect to repeat), after the backoff and any Retry-After."""
+        url, headers = self.base_url + path, {**self._headers, **(headers or {})}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.get(url, params=params, headers=headers)
+            except httpx.TransportError as exc:
+                pause = read_retry_delay(self.backoff, attempt, self.retries, None, self.timeout)
+                if pause is None:
+                    raise TransportError(f"GET {path}: {exc!r}") from exc
+            else:
+                if response.status_code not in READ_RETRY_STATUSES:
+                    return response
+                pause = read_retry_delay(
+                    self.backoff, attempt, self.retries, retry_after(response.headers), self.timeout
+                )
+                if pause is None:
+                    return response
+            await asyncio.sleep(pause)

@@ -35,3 +35,22 @@ class Backoff:
         if retry_after is None:
             return jitter
         return min(retry_after, 3600.0) + jitter
+
+
+# Statuses a read (get, a list page) is tried again after: a replica warming up or draining, a
+# proxy with no replica to send to or none that answered in time. Not 500: a bug stays a bug.
+READ_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Retries of one read after the first attempt: a replica that went away mid-request is behind
+# a load balancer that routes the retry elsewhere; more would only hide an outage.
+DEFAULT_RETRIES = 2
+
+
+def read_retry_delay(
+    backoff: Backoff, attempt: int, retries: int, retry_after: float | None, cap: float
+) -> float | None:
+    """The pause before retry `attempt` (1, 2, ...) of an idempotent read that failed (a
+    transport error, or a status of READ_RETRY_STATUSES with its Retry-After), at most `cap`
+    seconds; None once `retries` are spent: the caller then sees the failure."""
+    if attempt > retries:
+        return None
+    return min(cap, backoff.delay(attempt, retry_after))

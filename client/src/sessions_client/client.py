@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from sessions_client.backoff import Backoff
-from sessions_client.errors import ProtocolError, TransportError, problem_from
+from sessions_client.backoff import DEFAULT_RETRIES, READ_RETRY_STATUSES, Backoff, read_retry_delay
+from sessions_client.errors import ProtocolError, TransportError, problem_from, retry_after
 from sessions_client.models import EventType, Filter, JobEvent, Page, Session, SessionList, WatchEvent
 from sessions_client.polling import ETagCache, Waiting, assemble, conditional, read_answer, until_predicate
 from sessions_client.reflector import CollectionReflector, E, JobReflector, StreamReflector, watch_filter
@@ -77,8 +77,10 @@ class SessionsClient:
 
     `timeout` bounds every request (a long poll gets its wait on top); `stream_timeout` is the
     longest silence a watch accepts before resuming elsewhere; `backoff` paces retries and
-    resumes; `cache_size` sessions keep their last version for `get`'s If-None-Match. Pass
-    `http` to use an httpx.Client of your own (proxies, TLS, transports): it is not closed."""
+    resumes; `retries` is how many times `get` and each list page are tried again after a
+    connection failure or a 429/502/503/504 (0: never); `cache_size` sessions keep their last
+    version for `get`'s If-None-Match. Pass `http` to use an httpx.Client of your own
+    (proxies, TLS, transports): it is not closed."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class SessionsClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
         backoff: Backoff | None = None,
+        retries: int = DEFAULT_RETRIES,
         cache_size: int = DEFAULT_CACHE_SIZE,
         headers: Mapping[str, str] | None = None,
         http: httpx.Client | None = None,
@@ -95,6 +98,9 @@ class SessionsClient:
         self.base_url = base_url.rstrip("/")
         self.backoff = backoff or Backoff()
         self.timeout = timeout
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.retries = retries
         self._stream_timeout = httpx.Timeout(timeout, read=stream_timeout)
         self._headers = request_headers(token, headers)
         self._cache = ETagCache(cache_size)
@@ -287,7 +293,24 @@ class SessionsClient:
     # --- I/O -----------------------------------------------------------------------------------
 
     def _send(self, path: str, params: Any = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
-        try:
-            return self._http.get(self.base_url + path, params=params, headers={**self._headers, **(headers or {})})
-        except httpx.TransportError as exc:
-            raise TransportError(f"GET {path}: {exc!r}") from exc
+        """GET `path`; a transport error or a status of READ_RETRY_STATUSES is tried again up to
+        `retries` times (a GET has no effect to repeat), after the backoff and any Retry-After."""
+        url, headers = self.base_url + path, {**self._headers, **(headers or {})}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.get(url, params=params, headers=headers)
+            except httpx.TransportError as exc:
+                pause = read_retry_delay(self.backoff, attempt, self.retries, None, self.timeout)
+                if pause is None:
+                    raise TransportError(f"GET {path}: {exc!r}") from exc
+            else:
+                if response.status_code not in READ_RETRY_STATUSES:
+                    return response
+                pause = read_retry_delay(
+                    self.backoff, attempt, self.retries, retry_after(response.headers), self.timeout
+                )
+                if pause is None:
+                    return response
+            time.sleep(pause)

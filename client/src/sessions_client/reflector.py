@@ -13,6 +13,7 @@ start from it (`since`)."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
@@ -20,7 +21,7 @@ from typing import Protocol, TypeVar
 from sessions_client.backoff import Backoff
 from sessions_client.errors import ProtocolError, problem_from, problem_from_object
 from sessions_client.models import EventType, Filter, JobEvent, Session, SessionList, Summary, WatchEvent
-from sessions_client.wire import JOBS, job_path, load_event
+from sessions_client.wire import CLIENT_KEY_HEADER, JOBS, job_path, load_event
 
 logger = logging.getLogger("sessions_client")
 
@@ -132,6 +133,10 @@ class CollectionReflector:
         self.resumes = 0  # streams opened from a revision
         self.broken = False  # the stream sent an ERROR: drop it (the server ends it too)
         self._snapshot: dict[str, Summary] | None = None
+        # Names this watch to a load balancer (the reference HAProxy hashes collection watches
+        # on it): its resumes reach the replica whose revisions it holds while that one is up,
+        # instead of a 410 and a relist elsewhere. Random: watches spread over the replicas.
+        self.key = secrets.token_hex(8)
         self._quiet = not initial_events  # the first initial state is kept, not sent to the caller
         self._attempts = Attempts(backoff, clock)
         if since is not None:
@@ -150,7 +155,7 @@ class CollectionReflector:
         else:
             params["revision"] = self.revision
             self.resumes += 1
-        return JOBS, params, {}
+        return JOBS, params, {CLIENT_KEY_HEADER: self.key}
 
     def opened(self) -> None:
         self._attempts.opened()

@@ -28,6 +28,8 @@ DEFAULT_CACHE_SIZE = 1024
 MAX_PAGE = 1000
 # identity: a proxy that compresses may hold events back to fill its compression blocks.
 STREAM_HEADERS = {"Accept": NDJSON, "Accept-Encoding": "identity"}
+# A collection watch's own key, for a load balancer to hash on (deploy/haproxy/haproxy.cfg).
+CLIENT_KEY_HEADER = "X-Sessions-Client"
 
 
 def request_headers(token: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
