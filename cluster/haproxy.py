@@ -25,7 +25,7 @@ INSTALL_HINT = (
     "haproxy is missing: install it with `sudo apt-get update && sudo apt-get install -y haproxy` "
     "(Debian/Ubuntu; HAProxy 2.6 or later), then run this again"
 )
-BACKENDS = ("by_job", "spread")
+BACKENDS = ("by_job", "watches", "spread")
 _SERVER = re.compile(r"^(\s*)server replica(\d+)\b.*$")
 _VARIABLE = re.compile(r'"\$\{REPLICA_1(?:-[^}]*)?\}"')
 

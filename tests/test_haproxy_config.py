@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from sessions_client.wire import CLIENT_KEY_HEADER
 
 from cluster import haproxy
 
@@ -95,9 +96,12 @@ def test_rendered_configuration_is_valid_for_any_number_of_replicas(tmp_path: Pa
 
     rendered = sections(config.read_text(encoding="utf-8"))
     checked = lines_starting(rendered["backend by_job"], "server")
-    tracking = lines_starting(rendered["backend spread"], "server")
     assert checked == [f'server replica{i} "${{REPLICA_{i}}}" check' for i in range(1, replicas + 1)]
-    assert tracking == [f'server replica{i} "${{REPLICA_{i}}}" track by_job/replica{i}' for i in range(1, replicas + 1)]
+    for backend in ("backend watches", "backend spread"):
+        tracking = lines_starting(rendered[backend], "server")
+        assert tracking == [
+            f'server replica{i} "${{REPLICA_{i}}}" track by_job/replica{i}' for i in range(1, replicas + 1)
+        ]
     # Everything but the server lines is the reference, line for line.
     source = reference()
     for name, lines in rendered.items():
@@ -124,8 +128,9 @@ def test_health_checks_ask_readiness() -> None:
     assert only(defaults, "http-check expect") == "http-check expect status 200"
     for line in lines_starting(config["backend by_job"], "server"):
         assert line.endswith(" check"), line
-    for line in lines_starting(config["backend spread"], "server"):
-        assert " track by_job/" in line, line
+    for backend in ("backend watches", "backend spread"):
+        for line in lines_starting(config[backend], "server"):
+            assert " track by_job/" in line, line
     # Down within a few seconds of a replica turning 503 (draining), which the shutdown delay
     # of `make cluster` and of deploy/README.md is sized on.
     server_defaults = " ".join(lines_starting(defaults, "default-server")).split()
@@ -141,6 +146,8 @@ def test_a_jobs_path_is_hashed_consistently_and_lists_are_not() -> None:
     assert "acl list_path path /api/v2/jobs /api/v2/jobs/" in frontend
     assert "acl job_path path_beg /api/v2/jobs/" in frontend
     assert "use_backend by_job if job_path !list_path" in frontend
+    assert "acl watch urlp(watch) -m str true 1" in frontend
+    assert "use_backend watches if list_path watch" in frontend
     assert "default_backend spread" in frontend
     # `balance uri` hashes the part before "?" unless told `whole`: a job's GET, its long poll
     # and its watch (?watch=true) meet on one replica.
@@ -148,6 +155,10 @@ def test_a_jobs_path_is_hashed_consistently_and_lists_are_not() -> None:
     assert balance[:2] == ["balance", "uri"] and "whole" not in balance
     assert only(by_job, "hash-type").split()[1] == "consistent"
     assert only(spread, "balance").split()[1] in ("leastconn", "roundrobin")
+    # A collection watch's resumes meet on one replica: hashed on the key the library sends.
+    watches = config["backend watches"]
+    assert only(watches, "balance") == f"balance hdr({CLIENT_KEY_HEADER})"
+    assert only(watches, "hash-type").split()[1] == "consistent"
     assert "X-Served-By" in only(frontend, "http-response set-header")
 
 
@@ -159,8 +170,9 @@ def test_timeouts_fit_streams_long_polls_and_keep_alive() -> None:
     assert timeout(defaults, "http-keep-alive") < KEEPALIVE_S
     plain = timeout(defaults, "server")
     assert 3 <= plain <= 30, "a plain GET answers in milliseconds; this is how long a hung replica costs"
-    for backend in ("backend by_job", "backend spread"):
-        assert set_timeouts(config[backend])["watch"] > 2 * BOOKMARK_S, backend
+    assert set_timeouts(config["backend by_job"])["watch"] > 2 * BOOKMARK_S
+    assert timeout(config["backend watches"], "server") > 2 * BOOKMARK_S
+    assert not set_timeouts(config["backend spread"]), "lists are plain requests"
     assert set_timeouts(config["backend by_job"])["long_poll"] > MAX_WAIT_S
     assert "acl watch urlp(watch) -m str true 1" in config["backend by_job"]
     assert "acl long_poll req.hdr(prefer) -m sub -i wait=" in config["backend by_job"]
