@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, churn, hashing, report, server, throughput, warmup, watch, wrk
+from bench import capacity, churn, failover, hashing, report, server, throughput, warmup, watch, wrk
 from bench.generate import generate, link_subset
 from cluster import haproxy
 
-PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "capacity", "watch")
+PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Config:
     fresh_samples: int = 200
     livez_hz: float = 200.0
     hashing_sessions: int = 30_000  # three replicas, each caching a third
+    failover_sessions: int = 1_000
+    failover_kills: int = 10
+    failover_mirrors: int = 10  # pairs: the whole collection and status=running, one client each
     capacity_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     capacity_cache: int = 100_000  # the default SESSIONS_CACHE_MAX_ENTRIES
     capacity_rescan_after_s: float = 120.0
@@ -44,7 +47,8 @@ class Config:
 
 QUICK = Config(rounds=1, seconds=3, get_sessions=5_000, list_sessions=20_000, warm_sessions=20_000,
                churn_seconds=5, fresh_samples=40, hashing_sessions=6_000, capacity_sizes=(5_000, 20_000, 50_000),
-               capacity_cache=10_000, capacity_rescan_after_s=30, watch=watch.QUICK_WATCH)  # fmt: skip
+               failover_kills=3, failover_mirrors=2, capacity_cache=10_000, capacity_rescan_after_s=30,
+               watch=watch.QUICK_WATCH)  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk.available():
         print(wrk.INSTALL_HINT, file=sys.stderr)
         return 1
-    if "hashing" in parts and haproxy.binary() is None:
+    if parts & {"hashing", "failover"} and haproxy.binary() is None:
         print(haproxy.INSTALL_HINT, file=sys.stderr)
         return 1
     if len(os.sched_getaffinity(0) | {0, 1}) < 2 or not {0, 1} <= os.sched_getaffinity(0):
@@ -179,6 +183,13 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         folder, subset_ids = subset("hashing", config.hashing_sessions)
         hashing_figures, raw["hashing"] = hashing.run(folder, subset_ids, work, config.rounds, config.seconds, log)
         figures += hashing_figures
+
+    if "failover" in parts:
+        log(f"failover: 3 replicas behind HAProxy, {config.failover_kills} SIGKILLs, callers through the library")
+        failover_figures, raw["failover"] = failover.run(
+            work, config.failover_sessions, config.failover_kills, config.failover_mirrors, config.seed + 2, log
+        )
+        figures += failover_figures
 
     if "capacity" in parts:
         log(f"capacity: one replica at {', '.join(f'{n:,}' for n in config.capacity_sizes)} sessions "

@@ -7,6 +7,7 @@ recorded. The failover tests (tests/test_cluster_callers.py) and the failover be
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -18,10 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sessions_client import Backoff, EventType, JobEvent, Mirror, NotFound, Session, SessionsClient, Stop
+from sessions_client import (
+    Backoff,
+    EventType,
+    JobEvent,
+    Mirror,
+    NotFound,
+    Session,
+    SessionsClient,
+    Stop,
+    WaitTimeout,
+)
 
-# Resumes and retries come back fast; the backoff still doubles and jitters as in production.
-CALLER_BACKOFF = Backoff(initial=0.05, maximum=1.0)
+# For tests: resumes and retries come back fast; the backoff still doubles and jitters as in
+# production. The benchmark uses the library's defaults (Backoff()).
+FAST_BACKOFF = Backoff(initial=0.05, maximum=1.0)
 # The statuses the writer moves its sessions through, and the one the filtered mirror wants.
 STATUSES = ("running", "pending_hitl", "completed", "failed")
 FILTERED_STATUS = "running"
@@ -134,8 +146,9 @@ class Writer:
 
 class Readers:
     """Threads that read through the library, each with its own client: `get` of random stable
-    sessions (never deleted), `list` (up to three pages of 100), and `wait` (a long poll for the
-    next version of a hot session, which the writer changes every few hundred ms)."""
+    sessions (never deleted), `list` (up to three pages of 100), `wait` (long polls for the
+    next version of a hot session, which a writer changes every few hundred ms: it must come),
+    and `poll` (the same over a quiet folder: `wait_timeout` without a change is an answer)."""
 
     def __init__(
         self,
@@ -147,8 +160,10 @@ class Readers:
         max_calls: int = 100_000,
         max_seconds: float = 300.0,
         wait_timeout: float = 30.0,
+        backoff: Backoff = FAST_BACKOFF,
     ) -> None:
         self.base_url = base_url
+        self.backoff = backoff
         self.stable, self.hot = stable, hot
         self.record = record
         self.max_calls, self.max_seconds, self.wait_timeout = max_calls, max_seconds, wait_timeout
@@ -172,7 +187,7 @@ class Readers:
         rng = random.Random(seed)
         call: Callable[[SessionsClient, random.Random], object] = getattr(self, f"_{kind}")
         deadline = time.monotonic() + self.max_seconds
-        with SessionsClient(self.base_url, backoff=CALLER_BACKOFF) as client:
+        with SessionsClient(self.base_url, backoff=self.backoff) as client:
             for _ in range(self.max_calls):
                 if self._stop.is_set() or time.monotonic() > deadline:
                     return
@@ -197,6 +212,10 @@ class Readers:
         job_id = rng.choice(self.hot)
         seen = client.get(job_id).etag
         client.wait(job_id, until=lambda session: session.etag != seen, timeout=self.wait_timeout)
+
+    def _poll(self, client: SessionsClient, rng: random.Random) -> None:
+        with contextlib.suppress(WaitTimeout):
+            self._wait(client, rng)
 
 
 class JobWatch:
@@ -235,9 +254,11 @@ class Watchers:
     """`mirrors` pairs of Mirrors (the whole collection, and status=running) and one job watch
     per hot session (the ones that change), each pair with a client of its own."""
 
-    def __init__(self, base_url: str, hot: list[str], record: Record, mirrors: int = 1) -> None:
+    def __init__(
+        self, base_url: str, hot: list[str], record: Record, mirrors: int = 1, backoff: Backoff = FAST_BACKOFF
+    ) -> None:
         self.record = record
-        self.clients = [SessionsClient(base_url, backoff=CALLER_BACKOFF) for _ in range(mirrors)]
+        self.clients = [SessionsClient(base_url, backoff=backoff) for _ in range(mirrors)]
         self.mirrors: list[Mirror] = []
         for client in self.clients:
             self.mirrors += [Mirror(client), Mirror(client, status=FILTERED_STATUS)]
@@ -297,7 +318,7 @@ class Truth:
 
     @classmethod
     def read(cls, replica_url: str, job_ids: Iterable[str]) -> Truth:
-        with SessionsClient(replica_url, backoff=CALLER_BACKOFF) as client:
+        with SessionsClient(replica_url, backoff=FAST_BACKOFF) as client:
             summaries = {item.job_id: dict(item.data) for item in client.list()}
             running = {item.job_id: dict(item.data) for item in client.list(status=FILTERED_STATUS)}
             etags: dict[str, str | None] = {}
