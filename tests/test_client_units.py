@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from sessions_client import Backoff, EventType, Filter, NotFound, Session, SessionDeleted, Unauthorized, WaitTimeout
-from sessions_client.backoff import READ_RETRY_STATUSES, read_retry_delay
+from sessions_client.backoff import READ_RETRY_STATUSES, ReadRetries, read_retry_delay
 from sessions_client.errors import Gone, Unavailable, problem_from
 from sessions_client.models import Page, Summary
 from sessions_client.polling import ETagCache, Waiting, assemble
@@ -292,6 +292,13 @@ def test_read_retries_are_bounded_and_honour_retry_after() -> None:
     assert read_retry_delay(backoff, 1, 2, 60.0, 5.0) == 5.0  # never longer than the client's timeout
     assert read_retry_delay(backoff, 1, 0, None, 5.0) is None
     assert 503 in READ_RETRY_STATUSES and 500 not in READ_RETRY_STATUSES
+
+    tries = ReadRetries(backoff, 2, 10.0)
+    assert tries.after_response(200, None) is None and tries.after_response(404, None) is None
+    assert tries.after_response(500, None) is None, "a bug stays a bug: not retried"
+    assert 1.0 <= tries.after_response(503, 1.0) <= 1.1  # type: ignore[operator]
+    assert tries.after_error() is not None  # the second retry
+    assert tries.after_response(502, None) is None and tries.failed == 3, "two retries, then the answer"
 
 
 def test_a_collection_watch_names_itself_to_the_load_balancer() -> None:

@@ -54,3 +54,25 @@ def read_retry_delay(
     if attempt > retries:
         return None
     return min(cap, backoff.delay(attempt, retry_after))
+
+
+class ReadRetries:
+    """The tries of one idempotent read (get, a list page), for the sync and async clients' one
+    loop: after each failed try, the pause before the next, or None to give up."""
+
+    def __init__(self, backoff: Backoff, retries: int, cap: float) -> None:
+        self.backoff, self.retries, self.cap = backoff, retries, cap
+        self.failed = 0
+
+    def after_error(self) -> float | None:
+        """A transport error: the pause, or None to raise it."""
+        self.failed += 1
+        return read_retry_delay(self.backoff, self.failed, self.retries, None, self.cap)
+
+    def after_response(self, status: int, retry_after: float | None) -> float | None:
+        """An answer: the pause before trying again, or None to return it (a success, an error
+        no retry helps, or the retries spent)."""
+        if status not in READ_RETRY_STATUSES:
+            return None
+        self.failed += 1
+        return read_retry_delay(self.backoff, self.failed, self.retries, retry_after, self.cap)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from sessions_client.backoff import DEFAULT_RETRIES, READ_RETRY_STATUSES, Backoff, read_retry_delay
+from sessions_client.backoff import DEFAULT_RETRIES, Backoff, ReadRetries
 from sessions_client.errors import ProtocolError, TransportError, problem_from, retry_after
 from sessions_client.models import EventType, Filter, JobEvent, Page, Session, SessionList, WatchEvent
 from sessions_client.polling import ETagCache, Waiting, assemble, conditional, read_answer, until_predicate
@@ -296,21 +296,14 @@ class SessionsClient:
         """GET `path`; a transport error or a status of READ_RETRY_STATUSES is tried again up to
         `retries` times (a GET has no effect to repeat), after the backoff and any Retry-After."""
         url, headers = self.base_url + path, {**self._headers, **(headers or {})}
-        attempt = 0
+        tries = ReadRetries(self.backoff, self.retries, self.timeout)
         while True:
-            attempt += 1
             try:
                 response = self._http.get(url, params=params, headers=headers)
             except httpx.TransportError as exc:
-                pause = read_retry_delay(self.backoff, attempt, self.retries, None, self.timeout)
-                if pause is None:
+                if (pause := tries.after_error()) is None:
                     raise TransportError(f"GET {path}: {exc!r}") from exc
             else:
-                if response.status_code not in READ_RETRY_STATUSES:
-                    return response
-                pause = read_retry_delay(
-                    self.backoff, attempt, self.retries, retry_after(response.headers), self.timeout
-                )
-                if pause is None:
+                if (pause := tries.after_response(response.status_code, retry_after(response.headers))) is None:
                     return response
             time.sleep(pause)
