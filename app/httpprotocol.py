@@ -72,6 +72,9 @@ class CountingTransport:
         self.pending = True
         self._transport.write(data)
 
+    def is_closing(self) -> bool:  # asked before every event's write: not through __getattr__
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
@@ -129,20 +132,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._stream_cycle = cycle
             cycle.transport = counting  # type: ignore[assignment]
             flow = self.flow
+            transport = self.transport
 
             def write_chunk(data: bytes) -> bool:
+                # Once per event per stream: CountingTransport.write, inlined.
                 if (
                     cycle.response_complete
                     or cycle.disconnected
                     or not cycle.chunked_encoding
                     or flow.write_paused
-                    or counting.is_closing()
+                    or transport.is_closing()
                 ):
                     return False
+                chunk = b"%x\r\n%b\r\n" % (len(data), data)
                 try:
-                    counting.write(b"%x\r\n%b\r\n" % (len(data), data))
+                    transport.write(chunk)
                 except RuntimeError:  # closed under us: the stream's own send finds out
                     return False
+                counting.written += len(chunk)
+                counting.pending = True
                 return True
 
             self.scope.setdefault("extensions", {})[STREAM_WRITE] = write_chunk  # type: ignore[assignment]

@@ -80,7 +80,9 @@ class Stream:
             return False
         self.last_push = now
         self._touch(self)
-        if self._idle() and self.write_now(data):  # type: ignore[misc]  # _idle: write_now is set
+        # _idle(), inlined: this runs once per event per matching stream.
+        write_now, waiter = self.write_now, self._waiter
+        if write_now is not None and not self._chunks and waiter is not None and not waiter.done() and write_now(data):
             return True
         self._chunks.append(data)
         self._bytes += len(data)
