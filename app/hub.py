@@ -144,7 +144,7 @@ class ChangeHub:
             return
         self.stopped = True
         for stream in list(self._streams):
-            stream.end(End.DRAIN, functools.partial(self._bookmark, stream))
+            self._end(stream, End.DRAIN)
         for waits in list(self._waits.values()):
             for wait in list(waits):
                 wait.resolve("drain")
@@ -366,7 +366,7 @@ class ChangeHub:
         assert self._deadlines is not None
         deadline = self._deadlines.add(
             self._now() + random.uniform(timeout, 2 * timeout),
-            lambda: stream.end(End.TIMEOUT, functools.partial(self._bookmark, stream)),
+            lambda: self._end(stream, End.TIMEOUT),
         )
         stream.last_push = self._now()
         self._lifetimes[stream] = deadline
@@ -451,16 +451,23 @@ class ChangeHub:
 
     # --- bookmarks -------------------------------------------------------------------------------
 
+    def _end(self, stream: Stream, reason: End) -> None:
+        """End a stream cleanly, with a last bookmark once what is pending is written."""
+        if stream.ended is None and stream in self._quiet:
+            # Live: it has been given every change up to now, and is given none once ended.
+            # Its last bookmark names this revision, not the hub's when the bookmark is
+            # written (changes delivered meanwhile never reach it: naming them would make
+            # its client skip them).
+            stream.position = self.delivered
+        stream.end(reason, functools.partial(self._bookmark, stream))
+
     def _bookmark(self, stream: Stream) -> bytes | None:
-        """A stream's last bookmark: the revision up to which it has every change; none for a
+        """A stream's last bookmark: the revision up to which it has every change (set by
+        `_end` for a live stream, by its catch-up for one that was not live yet); none for a
         stream whose initial state is unfinished (its client must start again)."""
-        if stream in self._quiet:  # live: it has everything delivered
-            revision = self.delivered
-        elif stream.position is not None:
-            revision = stream.position
-        else:
+        if stream.position is None:
             return None
-        token = self.token(revision)
+        token = self.token(stream.position)
         self.stats.sent(stream.kind, events.BOOKMARK, 1)
         event_id = token if stream.kind is Kind.COLLECTION else None
         return events.encode(stream.format, events.BOOKMARK, token, event_id=event_id)
