@@ -140,6 +140,22 @@ class Metrics:
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
         )
+        self.announcements = Counter(
+            "sessions_announcements_read",
+            "Job ids read from writers' announcement journals (poll mode; docs/network-volumes.md).",
+            registry=registry,
+        )
+        self.announcement_journals = Gauge(
+            "sessions_announcement_journals",
+            "Announcement journals this process follows.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.announcement_malformed = Counter(
+            "sessions_announcement_malformed_lines",
+            "Lines of announcement journals that were not job ids (ignored).",
+            registry=registry,
+        )
         self.changes = Counter(
             "sessions_changes", "Changes applied to the store, by kind.", ["change"], registry=registry
         )
@@ -309,6 +325,11 @@ class Metrics:
         if watcher is not None:
             self._advance(self.watcher_events, "events", watcher.events)
             self._advance(self.watcher_restarts, "restarts", watcher.restarts)
+        reader = reconciler.announcements
+        if reader is not None:
+            self._advance(self.announcements, "announcements", reader.stats.announcements)
+            self._advance(self.announcement_malformed, "announcement_malformed", reader.stats.malformed)
+            self.announcement_journals.set(reader.stats.journals)
 
     async def monitor(self, store: SessionStore, reconciler: Reconciler, loader: MissLoader, hub: ChangeHub) -> None:
         """Measure event-loop lag and refresh store figures, until cancelled."""

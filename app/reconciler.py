@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import fileversion, sessionfile
+from app.announcements import AnnouncementReader
 from app.errors import InvalidSessionFile, TransientReadError
 from app.fileversion import signature
 from app.pending import PendingChanges
@@ -26,7 +27,7 @@ from app.sessionfile import LoadedFile, job_id_for
 from app.settings import Settings
 from app.store import Change, SessionStore
 from app.watcher import NativeWatcher
-from app.watchmode import WatchPlan, plan
+from app.watchmode import WatchPlan, events_trusted, plan
 
 logger = logging.getLogger("app.reconciler")
 
@@ -70,6 +71,14 @@ class Reconciler:
         self.watcher: NativeWatcher | None = None
         if self.watch.mode == "native":
             self.watcher = NativeWatcher(self.root, self.pending, self.stop_event)
+        # Writers' announcements (docs/network-volumes.md) are read where the folder is polled:
+        # there they are the only prompt news of a change; native events already report every
+        # write that announcements would.
+        self.announcements: AnnouncementReader | None = None
+        if self.watch.mode == "poll":
+            self.announcements = AnnouncementReader(
+                self.root, self.pending, self.stop_event, direct=not events_trusted(self.watch.filesystem)
+            )
         self._retry: set[str] = set()
         self._folder_missing = False
         self._thread = threading.Thread(target=self._run, name="sessions-reconciler", daemon=True)
@@ -86,6 +95,8 @@ class Reconciler:
     def start(self) -> None:
         if self.watcher is not None:
             self.watcher.start()
+        if self.announcements is not None:
+            self.announcements.start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -95,6 +106,8 @@ class Reconciler:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.watcher is not None:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
+        if self.announcements is not None:
+            self.announcements.join(max(0.0, deadline - time.monotonic()))
 
     # --- the thread ------------------------------------------------------------------------------
 
@@ -102,6 +115,8 @@ class Reconciler:
         _lower_priority()
         if self.watcher is not None:
             self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
+        if self.announcements is not None:
+            self.announcements.settled.wait(WATCHER_START_TIMEOUT_S)
         self._warm_up()
         self.ready.set()
         self.on_applied()  # the history begins: streams can open

@@ -33,6 +33,7 @@ from sessions_client.models import (
     Summary,
     WatchEvent,
 )
+from sessions_client.writer import SessionWriter
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -53,6 +54,7 @@ __all__ = [
     "Session",
     "SessionDeleted",
     "SessionList",
+    "SessionWriter",
     "SessionsClient",
     "SessionsError",
     "Stop",
