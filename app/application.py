@@ -37,6 +37,7 @@ from app.watchmode import plan
 logger = logging.getLogger("app")
 
 LOADER_THREADS = 4
+WORK_THREADS = 2
 READ_METHODS = ["GET", "HEAD"]
 STOP_TIMEOUT_S = 10.0
 
@@ -81,7 +82,11 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
-        loader = MissLoader(store, executor)
+        # Work on memory (watch snapshots) in a pool of its own: reads hung on a file server
+        # that went away cannot hold it up.
+        work_executor = ThreadPoolExecutor(WORK_THREADS, thread_name_prefix="sessions-work")
+        store.forced_reads = reconciler.network
+        loader = MissLoader(store, executor, work_executor)
         hub = ChangeHub(store, loader, settings)
         hub.start()
         reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
@@ -123,7 +128,10 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             await asyncio.to_thread(reconciler.stop, STOP_TIMEOUT_S)
-            executor.shutdown(wait=True, cancel_futures=True)
+            work_executor.shutdown(wait=True, cancel_futures=True)
+            # Not waiting for reads that may hang on a file server gone away: they are daemon-
+            # like work whose result nobody needs any more.
+            executor.shutdown(wait=reconciler.folder_state() == "ok", cancel_futures=True)
             logger.info("stopped")
 
     job = JobEndpoint()

@@ -137,6 +137,30 @@ class Metrics:
         )
         if watch is not None:
             self.watch_mode.labels(watch.mode, watch.setting, watch.filesystem, watch.reason).set(1)
+        self.folder_up = Gauge(
+            "sessions_folder_up",
+            "1 while the sessions folder answers; 0 while it cannot be listed or does not answer "
+            "(a file server gone away: what is in memory is still served).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.poll_hot = Gauge(
+            "sessions_poll_hot_files",
+            "Files polled every period (unfinished, invalid, racy or recently changed sessions).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.poll_probes = Counter("sessions_poll_probes", "Stats of hot files by the poller.", registry=registry)
+        self.poll_listings = Counter(
+            "sessions_poll_listings",
+            "Listings of the folder by the poller (when the folder changed).",
+            registry=registry,
+        )
+        self.load_timeouts = Counter(
+            "sessions_load_unavailable",
+            "Cache misses answered 503 because the folder did not answer in time or too many reads waited.",
+            registry=registry,
+        )
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
         )
@@ -301,6 +325,13 @@ class Metrics:
         self._advance(self.rescan_seconds, "rescan_seconds", reconciler.stats.rescan_seconds)
         self._advance(self.transient_errors, "transient", reconciler.stats.transient_errors)
         self._advance(self.log_lines_dropped, "log_lines_dropped", logwriter.dropped_lines())
+        self._advance(self.load_timeouts, "load_timeouts", loader.timeouts)
+        self.folder_up.set(1 if reconciler.folder_state() == "ok" else 0)
+        poller = reconciler.poller
+        if poller is not None:
+            self.poll_hot.set(len(poller.hot))
+            self._advance(self.poll_probes, "poll_probes", poller.stats.probes)
+            self._advance(self.poll_listings, "poll_listings", poller.stats.listings)
         self.ready.set(1 if reconciler.ready.is_set() else 0)
         if reconciler.stats.warmup_seconds is not None:
             self.warmup.set(reconciler.stats.warmup_seconds)

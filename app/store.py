@@ -105,6 +105,8 @@ class SessionStore:
         # Called (from any thread) with a job id whose file looks different from what the store
         # holds: the reconciler looks at it again.
         self.on_suspect: Callable[[str], None] = lambda job_id: None
+        # On a network filesystem: read sizes and times past the client's attribute cache.
+        self.forced_reads = False
 
     # --- reads, from any thread ---------------------------------------------------------------
 
@@ -190,7 +192,7 @@ class SessionStore:
         ~150 ms before giving up: its last valid version is not in memory to serve instead."""
         for delay in (*MID_WRITE_RETRY_DELAYS_S, None):
             try:
-                loaded = sessionfile.read(self.root, job_id, self.max_file_bytes)
+                loaded = sessionfile.read(self.root, job_id, self.max_file_bytes, forced=self.forced_reads)
                 break
             except FileNotFoundError:
                 self.on_suspect(job_id)
@@ -247,6 +249,27 @@ class SessionStore:
 
     def is_racy(self, job_id: str) -> bool:
         return job_id in self._racy
+
+    def has_racy(self) -> bool:
+        return bool(self._racy)
+
+    def racy_ids(self) -> set[str]:
+        return set(self._racy)
+
+    def is_invalid(self, job_id: str) -> bool:
+        return job_id in self._invalid
+
+    def status(self, job_id: str) -> str | None:
+        """The status of the valid version held (served, or pinned while stale), if any."""
+        entry = self._entries.get(job_id)
+        return entry.status if entry is not None else None
+
+    def unsettled_ids(self) -> set[str]:
+        """Sessions that may well change soon: unfinished ones (a status that is not finished,
+        or none) and invalid files. (Racy files are looked at again while they are racy.)"""
+        finished = sessionfile.FINISHED_STATUSES
+        unsettled = {job_id for job_id, entry in self._entries.items() if entry.status not in finished}
+        return unsettled | self._invalid.keys()
 
     def job_ids(self) -> set[str]:
         return self._entries.keys() | self._invalid.keys()

@@ -48,6 +48,11 @@ FAMILIES = [
     ("sessions_changes", "counter"),
     ("sessions_reload_lag_seconds", "histogram"),
     ("sessions_rescans", "counter"),
+    ("sessions_folder_up", "gauge"),
+    ("sessions_poll_hot_files", "gauge"),
+    ("sessions_poll_probes", "counter"),
+    ("sessions_poll_listings", "counter"),
+    ("sessions_load_unavailable", "counter"),
     ("sessions_event_loop_lag_seconds", "histogram"),
 ]
 
@@ -315,14 +320,19 @@ def test_native_watcher_events_changes_and_reload_lag_move(sessions_dir: Path, s
     assert final.value("sessions_reload_lag_seconds_count") >= before.value("sessions_reload_lag_seconds_count") + 2
 
 
-def test_poll_mode_rescans_and_changes_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir, env=POLL)
+def test_poll_mode_polls_and_changes_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """A poll period stats the folder and the hot files only; a listing follows a change of the
+    folder; the full rescan keeps its own interval (docs/network-volumes.md)."""
+    put_session(sessions_dir, "hot", status="running")
+    put_session(sessions_dir, "cold", status="completed")
+    server = serve(sessions_dir, env={**POLL, "SESSIONS_RESCAN_INTERVAL_S": "0.5"})
     before = scrape(server)
     assert before.value("sessions_watcher_up") == 0  # no native watcher in poll mode
-    wait_for_scrape(
+    assert before.value("sessions_poll_hot_files") == 1  # the unfinished session only
+    moved = wait_for_scrape(
         server,
-        lambda s: s.value("sessions_rescans_total") >= before.value("sessions_rescans_total") + 3,
-        what="rescans every 50 ms",
+        lambda s: s.value("sessions_poll_probes_total") >= before.value("sessions_poll_probes_total") + 3,
+        what="hot files polled every 50 ms",
     )
     put_session(sessions_dir, "p")
     after = wait_for_scrape(
@@ -332,8 +342,11 @@ def test_poll_mode_rescans_and_changes_move(sessions_dir: Path, serve: Callable[
         ),
         what="the poll to find the new file",
     )
-    assert after.value("sessions_rescan_duration_seconds_total") > 0
+    assert after.value("sessions_poll_listings_total") > moved.value("sessions_poll_listings_total")
+    assert after.value("sessions_poll_hot_files") == 2  # the new one is unfinished too
     assert after.value("sessions_reload_lag_seconds_sum") < 5
+    wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= 1, what="a full rescan")
+    assert scrape(server).value("sessions_rescan_duration_seconds_total") > 0
 
 
 # --- the event loop ------------------------------------------------------------------------------------
