@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Receive, Scope, Send
 
-from app import logwriter
+from app import __version__, logwriter
 from app.events import TYPES as EVENT_TYPES
 from app.hub import LAG_BUCKETS as _STREAM_LAG_BUCKETS
 from app.streams import End
@@ -65,6 +65,16 @@ class Metrics:
             # multiprocess mode: one worker answers each scrape, and its own figures would be
             # reported for all of them, a different worker's each time.
             ProcessCollector(registry=self.registry)
+        # The running version as a label (value 1), as Prometheus exporters do: dashboards and
+        # alerts join on it to tell which build a replica runs during a rolling update.
+        self.build_info = Gauge(
+            "sessions_build_info",
+            "1, labelled with the version this process runs.",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__).set(1)
         self.requests = Counter(
             "sessions_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=registry
         )
