@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app import sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import SettingsError, load_settings
+from app.store import sessionfile
 
 
 def main(argv: Sequence[str]) -> int:
