@@ -32,6 +32,7 @@ from app.settings import Settings, load_settings
 from app.store.loader import MissLoader
 from app.store.reconciler import Reconciler
 from app.store.store import SessionStore
+from app.store.watchmode import plan
 
 logger = logging.getLogger("app")
 
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
     settings = settings if settings is not None else load_settings(os.environ)
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
-    metrics = Metrics(settings)
+    # Decided once, before anything watches: reads /proc, never the folder's own mount.
+    watch = plan(settings.watch, settings.sessions_dir)
+    metrics = Metrics(settings, watch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -74,7 +77,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             max_file_bytes=settings.max_file_bytes,
             history=settings.history,
         )
-        reconciler = Reconciler(store, settings)
+        reconciler = Reconciler(store, settings, watch)
         reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
@@ -89,8 +92,20 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
         logger.info(
             "serving sessions",
-            extra={"folder": str(settings.sessions_dir), "watch": settings.watch, "pid": os.getpid()},
+            extra={
+                "folder": str(settings.sessions_dir),
+                "watch": watch.mode,
+                "watch_setting": watch.setting,
+                "filesystem": watch.filesystem,
+                "watch_reason": watch.reason,
+                "pid": os.getpid(),
+            },
         )
+        if watch.mode == "poll" and watch.setting == "auto":
+            logger.info(
+                "polling the sessions folder: native events miss other machines' writes on this filesystem",
+                extra={"folder": str(settings.sessions_dir), "filesystem": watch.filesystem},
+            )
         try:
             yield {
                 "settings": settings,

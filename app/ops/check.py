@@ -1,6 +1,7 @@
 """`python -m app check [DIR]`: validate a sessions folder offline, before pointing the service
-at it. Prints each invalid file with its reason; exit status 1 when any is invalid, 2 when the
-folder cannot be read."""
+at it. Prints each invalid file with its reason, and how the service would watch the folder
+(native events or polling, and why); exit status 1 when any is invalid, 2 when the folder
+cannot be read."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import SettingsError, load_settings
 from app.store import sessionfile
+from app.store.watchmode import plan
 
 
 def main(argv: Sequence[str]) -> int:
@@ -28,6 +30,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"{exc.variable}: {exc.problem}", file=sys.stderr)
         return 2
     root: Path = settings.sessions_dir
+    print(f"watch: {plan(settings.watch, root).describe()}", file=sys.stderr)
     valid = invalid = 0
     try:
         names = sorted(os.listdir(root))

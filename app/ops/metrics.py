@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from app.store.loader import MissLoader
     from app.store.reconciler import Reconciler
     from app.store.store import Change, SessionStore
+    from app.store.watchmode import WatchPlan
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -53,7 +54,7 @@ _WAIT_ENDS = ("changed", "timeout", "drain", "client")
 
 
 class Metrics:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, watch: WatchPlan | None = None) -> None:
         self.multiprocess = multiprocess_dir() is not None
         # A registry per app, so that apps built in one process (tests) do not collide; in
         # multiprocess mode values live in files and a scrape collects them afresh.
@@ -125,15 +126,17 @@ class Metrics:
         )
         # sessions_watcher_up is 0 by design in poll and off modes: alerts tell "down" from "not
         # used" by this (deploy/prometheus/alerts.yaml).
+        # One series: the mode this process runs in (native, poll or off), SESSIONS_WATCH as set,
+        # the folder's filesystem type, and why the mode was chosen (docs/network-volumes.md).
         self.watch_mode = Gauge(
             "sessions_watch_mode",
-            "1 for the SESSIONS_WATCH mode this process runs in (auto, poll or off).",
-            ["mode"],
+            "1 for the watch mode this process runs in (native, poll or off) and why.",
+            ["mode", "setting", "filesystem", "reason"],
             registry=registry,
             multiprocess_mode="livemax",
         )
-        if settings is not None:
-            self.watch_mode.labels(settings.watch).set(1)
+        if watch is not None:
+            self.watch_mode.labels(watch.mode, watch.setting, watch.filesystem, watch.reason).set(1)
         self.watcher_restarts = Counter(
             "sessions_watcher_restarts", "Native watcher restarts after a fault.", registry=registry
         )

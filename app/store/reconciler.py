@@ -26,6 +26,7 @@ from app.store.pending import PendingChanges
 from app.store.sessionfile import LoadedFile, job_id_for
 from app.store.store import Change, SessionStore
 from app.store.watcher import NativeWatcher
+from app.store.watchmode import WatchPlan, plan
 
 logger = logging.getLogger("app.reconciler")
 
@@ -56,16 +57,18 @@ def _lower_priority() -> None:
 
 
 class Reconciler:
-    def __init__(self, store: SessionStore, settings: Settings) -> None:
+    def __init__(self, store: SessionStore, settings: Settings, watch: WatchPlan | None = None) -> None:
         self.store = store
         self.settings = settings
         self.root: Path = settings.sessions_dir
+        # The mode this process runs in (SESSIONS_WATCH=auto decides by the folder's filesystem).
+        self.watch = watch if watch is not None else plan(settings.watch, settings.sessions_dir)
         self.pending = PendingChanges()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.stats = ReconcilerStats()
         self.watcher: NativeWatcher | None = None
-        if settings.watch == "auto":
+        if self.watch.mode == "native":
             self.watcher = NativeWatcher(self.root, self.pending, self.stop_event)
         self._retry: set[str] = set()
         self._folder_missing = False
@@ -128,7 +131,7 @@ class Reconciler:
                 self._announce()
 
     def _rescan_interval(self) -> float:
-        if self.settings.watch == "poll":
+        if self.watch.mode == "poll":
             return self.settings.poll_interval_s
         if self.watcher is not None and not self.watcher.healthy.is_set():
             return self.settings.poll_interval_s  # the native watch is down: poll meanwhile
