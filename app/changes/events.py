@@ -8,7 +8,7 @@ import enum
 
 import orjson
 
-from app.problems import problem_body
+from app.api.problems import problem_body
 
 
 class Format(enum.Enum):

@@ -10,8 +10,8 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from app.errors import BadRequest
-from app.index import AFTER, Key
-from app.sessionfile import FINISHED_STATUSES, is_job_id
+from app.store.index import AFTER, Key
+from app.store.sessionfile import FINISHED_STATUSES, is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -31,7 +31,7 @@ class SessionFilter(NamedTuple):
     include_saved: bool
 
     def matches(self, status: str | None, user_id: str | None) -> bool:
-        """The index's rule (app.index): a status that is not a string matches no status filter."""
+        """The index's rule (app.store.index): a status that is not a string matches no status filter."""
         return (
             (self.statuses is None or status in self.statuses)
             and (self.user_id is None or user_id == self.user_id)

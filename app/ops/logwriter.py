@@ -1,7 +1,7 @@
 """Log lines to stdout without the event loop ever waiting on it.
 
 Every line goes into one queue, in the order written: ready lines (`logging` records, through
-`WriterHandler`) and entries (app.accesslog: the values of a request, which the writer's
+`WriterHandler`) and entries (app.ops.accesslog: the values of a request, which the writer's
 `formatter` makes into a line). Entries are made into lines in batches, and one thread writes the lines in large
 writes: every FLUSH_INTERVAL_S, sooner once WAKE_BYTES wait, and at close (nginx's `access_log
 buffer= flush=`). A stdout that stops draining (a stuck log shipper) blocks that thread alone:

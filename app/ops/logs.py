@@ -1,7 +1,7 @@
 """Structured logs on stdout: one JSON object a line, or readable text.
 
-Every line goes through the process's `LogWriter` (app.logwriter): `logging` records through a
-handler, access lines straight from the middleware (app.accesslog), in one buffer and in order,
+Every line goes through the process's `LogWriter` (app.ops.logwriter): `logging` records through a
+handler, access lines straight from the middleware (app.ops.accesslog), in one buffer and in order,
 so that neither a request nor a warning ever waits on stdout.
 """
 
@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from app import logwriter
-from app.accesslog import NAME as ACCESS_LOGGER
-from app.accesslog import AccessLog, LoggerAccessLog
+from app.ops import logwriter
+from app.ops.accesslog import NAME as ACCESS_LOGGER
+from app.ops.accesslog import AccessLog, LoggerAccessLog
 from app.settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.

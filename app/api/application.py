@@ -18,21 +18,21 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from app import problems
+from app.api import problems
+from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
+from app.api.middleware import BearerAuth, RequestObserver
+from app.api.openapi import OpenAPIEndpoint
+from app.api.probes import LivenessEndpoint, ReadinessEndpoint
+from app.api.routes import ROUTES
+from app.changes.hub import ChangeHub
 from app.errors import ServiceError
-from app.hub import ChangeHub
-from app.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
-from app.loader import MissLoader
-from app.metrics import Metrics, MetricsEndpoint
-from app.middleware import BearerAuth, RequestObserver
-from app.openapi import OpenAPIEndpoint
-from app.probes import LivenessEndpoint, ReadinessEndpoint
-from app.reconciler import Reconciler
-from app.routes import ROUTES
+from app.ops.metrics import Metrics, MetricsEndpoint
 from app.settings import Settings, load_settings
-from app.store import SessionStore
-from app.watchmode import plan
+from app.store.loader import MissLoader
+from app.store.reconciler import Reconciler
+from app.store.store import SessionStore
+from app.store.watchmode import plan
 
 logger = logging.getLogger("app")
 

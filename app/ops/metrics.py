@@ -26,18 +26,19 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Receive, Scope, Send
 
-from app import __version__, logwriter
-from app.events import TYPES as EVENT_TYPES
-from app.hub import LAG_BUCKETS as _STREAM_LAG_BUCKETS
-from app.streams import End
+from app import __version__
+from app.changes.events import TYPES as EVENT_TYPES
+from app.changes.hub import LAG_BUCKETS as _STREAM_LAG_BUCKETS
+from app.changes.streams import End
+from app.ops import logwriter
 
 if TYPE_CHECKING:
-    from app.hub import ChangeHub
-    from app.loader import MissLoader
-    from app.reconciler import Reconciler
+    from app.changes.hub import ChangeHub
     from app.settings import Settings
-    from app.store import Change, SessionStore
-    from app.watchmode import WatchPlan
+    from app.store.loader import MissLoader
+    from app.store.reconciler import Reconciler
+    from app.store.store import Change, SessionStore
+    from app.store.watchmode import WatchPlan
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -13,15 +13,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import problems
+from app.api import problems
+from app.api.etags import etag_matches
+from app.api.listing import next_link, parse_job_query, parse_list_query
+from app.api.prefer import requested_wait
+from app.api.routes import JOB_PREFIX, JOBS
+from app.api.watches import long_poll, watch_collection, watch_job
 from app.errors import InvalidJobId, ServiceError, Warming
-from app.etags import etag_matches
-from app.listing import next_link, parse_job_query, parse_list_query
-from app.prefer import requested_wait
-from app.routes import JOB_PREFIX, JOBS
-from app.sessionfile import is_job_id
-from app.store import SessionStore
-from app.watches import long_poll, watch_collection, watch_job
+from app.store.sessionfile import is_job_id
+from app.store.store import SessionStore
 
 _METHODS = ("GET", "HEAD")
 _ALLOW = {"Allow": "GET, HEAD"}
@@ -29,7 +29,7 @@ _ALLOW = {"Allow": "GET, HEAD"}
 
 class JobEndpoint:
     """GET/HEAD /api/v2/jobs/{job_id}: the document; `?watch=true`, its change stream; with
-    If-None-Match and `Prefer: wait=N`, the long poll (app.watches)."""
+    If-None-Match and `Prefer: wait=N`, the long poll (app.api.watches)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -77,7 +77,7 @@ class ApiFastPath:
     per-message wrappers of `send`, which a stream pays on every event) they cost a quarter of
     a cache hit (measured with wrk: 25.5k -> 29k requests/s). Errors become problem details
     through the same handlers the app registers; everything else goes on to Starlette. The
-    routes stay declared in the router (app.routes), which documents them (OpenAPI) and would
+    routes stay declared in the router (app.api.routes), which documents them (OpenAPI) and would
     serve them without this."""
 
     def __init__(self, app: ASGIApp, job: JobEndpoint, jobs: JobListEndpoint) -> None:

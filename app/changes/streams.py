@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from starlette.types import Receive, Send
 
-from app import events
-from app.events import Format
-from app.sessionfile import Document
+from app.changes import events
+from app.changes.events import Format
+from app.store.sessionfile import Document
 
 COLLECTION_BUFFER_BYTES = 1024 * 1024
 
@@ -64,7 +64,7 @@ class Stream:
         self.ended: End | None = None
         self.last_push = 0.0  # loop time of the last event pushed: when a bookmark is due
         self._touch = touch  # tells the hub this stream just had an event (bookmarks)
-        # The server's direct write (app.httpprotocol.STREAM_WRITE), once the stream is live:
+        # The server's direct write (app.server.httpprotocol.STREAM_WRITE), once the stream is live:
         # an event for an idle stream whose client keeps up is written at once, with no wake-up
         # of its task. Anything else goes through the buffer and the task's `send`.
         self.write_now: Callable[[bytes], bool] | None = None

@@ -10,16 +10,17 @@ from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
-from app import events, prefer, problems, routes
-from app.changelog import Expired, StoreChange
+from app.api import prefer, problems, routes
+from app.api.etags import etag_matches, normalize
+from app.api.listing import ListQuery, SessionFilter
+from app.changes import events
+from app.changes.events import Format
+from app.changes.hub import ChangeHub
+from app.changes.streams import JobStream, Kind, Stream, until_disconnect
 from app.errors import RevisionExpired, ServiceError
-from app.etags import etag_matches, normalize
-from app.events import Format
-from app.httpprotocol import STREAM_WRITE
-from app.hub import ChangeHub
-from app.listing import ListQuery, SessionFilter
-from app.sessionfile import Document
-from app.streams import JobStream, Kind, Stream, until_disconnect
+from app.server.httpprotocol import STREAM_WRITE
+from app.store.changelog import Expired, StoreChange
+from app.store.sessionfile import Document
 
 # While sending an initial state or catching up: at most this many events per read of the log,
 # and a send once this many bytes are encoded, so that a slow client holds the stream back (the

@@ -13,7 +13,7 @@ from itertools import islice
 
 from sortedcontainers import SortedList
 
-from app.sessionfile import FINISHED_STATUSES
+from app.store.sessionfile import FINISHED_STATUSES
 
 # (-updated instant in ns, job id, summary JSON): ascending is newest first, then by job id. The
 # first two are unique, so the JSON is never compared: it rides along so that a page is read

@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app import fileversion, sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
-from app.fileversion import signature
-from app.pending import PendingChanges
-from app.sessionfile import LoadedFile, job_id_for
 from app.settings import Settings
-from app.store import Change, SessionStore
-from app.watcher import NativeWatcher
-from app.watchmode import WatchPlan, plan
+from app.store import fileversion, sessionfile
+from app.store.fileversion import signature
+from app.store.pending import PendingChanges
+from app.store.sessionfile import LoadedFile, job_id_for
+from app.store.store import Change, SessionStore
+from app.store.watcher import NativeWatcher
+from app.store.watchmode import WatchPlan, plan
 
 logger = logging.getLogger("app.reconciler")
 

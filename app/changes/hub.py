@@ -12,7 +12,7 @@ delivery reads the new changes from the log and hands each to the streams that w
 
 One periodic task sends every bookmark that is due (streams are kept in order of their last
 event, so it only visits the due ones); one timer serves every stream lifetime and wait deadline
-(app.deadlines). On drain every stream ends and every wait answers.
+(app.changes.deadlines). On drain every stream ends and every wait answers.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from app import events
-from app.changelog import Expired, StoreChange
-from app.deadlines import Deadline, Deadlines
+from app.api.listing import SessionFilter
+from app.changes import events
+from app.changes.deadlines import Deadline, Deadlines
+from app.changes.events import Format
+from app.changes.streams import End, JobStream, Kind, Stream
 from app.errors import NotServingStreams, TooManyStreams
-from app.events import Format
-from app.listing import SessionFilter
-from app.loader import MissLoader
-from app.sessionfile import Document
 from app.settings import Settings
-from app.store import SessionStore
-from app.streams import End, JobStream, Kind, Stream
+from app.store.changelog import Expired, StoreChange
+from app.store.loader import MissLoader
+from app.store.sessionfile import Document
+from app.store.store import SessionStore
 
 logger = logging.getLogger("app.hub")
 
@@ -70,7 +70,7 @@ class Wait:
 
 
 class StreamStats:
-    """What the metrics publish: plain numbers on the event loop (app.metrics reads them)."""
+    """What the metrics publish: plain numbers on the event loop (app.ops.metrics reads them)."""
 
     def __init__(self) -> None:
         self.open = {"collection": 0, "job": 0, "wait": 0}

@@ -1,6 +1,6 @@
 """What one version of a session file is, and what a fault reaching a file means.
 
-The reader (app.sessionfile) and the reconciler's stats and scans (app.reconciler) both ask
+The reader (app.store.sessionfile) and the reconciler's stats and scans (app.store.reconciler) both ask
 here, so that a file version has one signature wherever it was looked at (or every rescan sees a
 change that is none), and a fault one reason and one verdict: invalid, gone, or try again.
 """
@@ -20,7 +20,7 @@ TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EI
 RACY_WINDOW_NS = 2_000_000_000
 
 # The reasons a file cannot be served before its bytes are looked at (those of its content are
-# app.sessionfile.build's).
+# app.store.sessionfile.build's).
 LINK_OUTSIDE = "a link that leads outside the sessions folder"
 LINK_TO_NOTHING = "a link to a file that does not exist"
 LINK_LOOP = "unreadable: a symbolic link loop"

@@ -1,7 +1,7 @@
 """The OpenAPI 3 document, assembled from the application's routes.
 
 Each route's operation is declared here beside the constants the code validates with, and the
-document is built by walking `app.routes`: a route without a declared operation fails the build
+document is built by walking `app.api.routes`: a route without a declared operation fails the build
 (and the tests), so the document cannot silently miss one.
 """
 
@@ -14,10 +14,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.changelog import REVISION_PATTERN
-from app.listing import DEFAULT_LIMIT, MAX_LIMIT
-from app.routes import JOB, JOBS
-from app.sessionfile import JOB_ID_PATTERN
+from app.api.listing import DEFAULT_LIMIT, MAX_LIMIT
+from app.api.routes import JOB, JOBS
+from app.store.changelog import REVISION_PATTERN
+from app.store.sessionfile import JOB_ID_PATTERN
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 

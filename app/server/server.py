@@ -27,16 +27,16 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
-from app import logwriter
-from app.application import create_app
-from app.httpprotocol import BoundedHttpProtocol, close_stalled_requests
+from app.api.application import create_app
 from app.lifecycle import SHUTDOWN, Shutdown
-from app.logs import configure_logging
+from app.ops import logwriter
+from app.ops.logs import configure_logging
+from app.server.httpprotocol import BoundedHttpProtocol, close_stalled_requests
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger("app.server")
 
-APP_FACTORY = "app.server:worker_app"
+APP_FACTORY = "app.server.server:worker_app"
 SWITCH_INTERVAL_S = 0.001
 # While uvicorn waits for responses to finish at shutdown, a client that has stopped reading
 # would hold the process until the graceful timeout: let it go after this long without progress.
@@ -128,12 +128,12 @@ def _config(settings: Settings, app: Any, host: str, port: int, workers: int) ->
         loop="uvloop",
         http=BoundedHttpProtocol,
         lifespan="on",
-        log_config=None,  # app.logs configured logging already
+        log_config=None,  # app.ops.logs configured logging already
         access_log=False,  # app.access writes one structured line per request
         server_header=False,
         proxy_headers=False,
         # Longer than the load balancer's idle timeout, or it reuses a closed connection: 502.
-        # A request must also arrive whole within it (app.httpprotocol). uvicorn types these
+        # A request must also arrive whole within it (app.server.httpprotocol). uvicorn types these
         # two as int but uses them as timeouts, where a fraction of a second works.
         timeout_keep_alive=settings.keepalive_s,  # type: ignore[arg-type]
         # Without it uvicorn waits forever for requests in flight at shutdown.

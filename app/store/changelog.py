@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from app.errors import BadRequest
 
 if TYPE_CHECKING:
-    from app.store import Entry
+    from app.store.store import Entry
 
 # SPEC §6: at most 64 characters of A-Za-z0-9._-
 REVISION_PATTERN = r"[A-Za-z0-9._-]{1,64}"

@@ -1,5 +1,5 @@
-"""Every route of the service in one table, read by the router (app.application), the fast path
-(app.jobs), metric labels and access logs (`route_label`), and the OpenAPI document."""
+"""Every route of the service in one table, read by the router (app.api.application), the fast path
+(app.api.jobs), metric labels and access logs (`route_label`), and the OpenAPI document."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.api.problems import problem_body
 from app.lifecycle import DRAINING
-from app.problems import problem_body
 
 MAX_HEAD_BYTES = 64 * 1024
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from app.sessionfile import Document
-from app.store import SessionStore
+from app.store.sessionfile import Document
+from app.store.store import SessionStore
 
 T = TypeVar("T")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import watchfiles
 
-from app.pending import PendingChanges
-from app.sessionfile import job_id_for
+from app.store.pending import PendingChanges
+from app.store.sessionfile import job_id_for
 
 logger = logging.getLogger("app.watcher")
 

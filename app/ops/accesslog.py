@@ -1,6 +1,6 @@
 """The access log: one line per request, built from values the middleware has at hand.
 
-The fields and both formats are those `app.logs` gives a `logging` record of logger
+The fields and both formats are those `app.ops.logs` gives a `logging` record of logger
 `app.access` (time, level, logger, message, then method, route, path, status, duration_ms,
 request_id, client), but without a LogRecord, a formatter and a write per request: a request
 queues its values on the process's `LogWriter`, whose thread makes them into lines in batches
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from app.logwriter import LogWriter
+from app.ops.logwriter import LogWriter
 
 NAME = "app.access"
 
@@ -53,7 +53,7 @@ class AccessLog:
     def __init__(self, writer: LogWriter, fmt: str) -> None:
         self._write = writer.write
         self._json = fmt == "json"
-        # The two formatters' clocks (app.logs): JSON in UTC, text in local time as logging's.
+        # The two formatters' clocks (app.ops.logs): JSON in UTC, text in local time as logging's.
         if self._json:
             self._clock = _Clock(time.gmtime, "%Y-%m-%dT%H:%M:%S")
         else:
@@ -64,7 +64,7 @@ class AccessLog:
     def write(
         self, method: str, route: str, path: str, status: int, seconds: float, request_id: bytes, client: str | None
     ) -> None:
-        # The values only: the writer thread makes the line, in a batch (see app.logwriter).
+        # The values only: the writer thread makes the line, in a batch (see app.ops.logwriter).
         self._write((time.time(), method, route, path, status, seconds, request_id, client))
 
     def line(
@@ -124,7 +124,7 @@ class AccessLog:
 
 
 class LoggerAccessLog:
-    """The access log of an app whose process did not configure logging through `app.logs`
+    """The access log of an app whose process did not configure logging through `app.ops.logs`
     (embedded in another server): records to the `app.access` logger, whatever handles it."""
 
     def __init__(self) -> None:

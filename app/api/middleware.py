@@ -9,10 +9,10 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logs import access_log
-from app.metrics import Metrics
-from app.problems import problem
-from app.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.api.problems import problem
+from app.api.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.ops.logs import access_log
+from app.ops.metrics import Metrics
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 

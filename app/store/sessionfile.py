@@ -18,10 +18,10 @@ from typing import NamedTuple, NoReturn
 
 import orjson
 
-from app import fileversion
 from app.errors import InvalidSessionFile
-from app.fileversion import signature
-from app.timestamps import instant_ns
+from app.store import fileversion
+from app.store.fileversion import signature
+from app.store.timestamps import instant_ns
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -71,7 +71,7 @@ class Document(NamedTuple):
 class Summary(NamedTuple):
     """What lists and filters need of one version of a session."""
 
-    key: tuple[int, str, bytes]  # (-updated instant in ns, job id, the list item as JSON): see app.index
+    key: tuple[int, str, bytes]  # (-updated instant in ns, job id, the list item as JSON): see app.store.index
     status: str | None  # the status when it is a string (else None): what filters match
     user_id: str | None  # likewise
 

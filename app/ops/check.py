@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app import sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import SettingsError, load_settings
-from app.watchmode import plan
+from app.store import sessionfile
+from app.store.watchmode import plan
 
 
 def main(argv: Sequence[str]) -> int:

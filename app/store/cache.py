@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cachetools import Cache, LRUCache
 
-from app.sessionfile import Document
+from app.store.sessionfile import Document
 
 
 def _document_size(document: Document) -> int:

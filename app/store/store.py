@@ -16,9 +16,6 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
-from app import sessionfile
-from app.cache import DocumentCache
-from app.changelog import ChangeLog, StoreChange
 from app.errors import (
     InvalidSessionFile,
     SessionFileInvalid,
@@ -26,8 +23,11 @@ from app.errors import (
     TemporarilyUnavailable,
     TransientReadError,
 )
-from app.index import Key, SessionIndex
-from app.sessionfile import Document, LoadedFile
+from app.store import sessionfile
+from app.store.cache import DocumentCache
+from app.store.changelog import ChangeLog, StoreChange
+from app.store.index import Key, SessionIndex
+from app.store.sessionfile import Document, LoadedFile
 
 MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
@@ -52,7 +52,7 @@ class Entry:
 
     def __init__(self, loaded: LoadedFile) -> None:
         summary = loaded.summary
-        self.key = summary.key  # its list position and list item: see app.index
+        self.key = summary.key  # its list position and list item: see app.store.index
         self.status = summary.status
         self.user_id = summary.user_id
         self.signature = loaded.signature
