@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 def openapi_document() -> dict[str, Any]:
     """Build the application as `python -m app` does over the demo folder, with a token set so
     that the reference shows the security the API has when one is configured."""
-    from app.application import create_app
-    from app.openapi import build_openapi
+    from app.api.application import create_app
+    from app.api.openapi import build_openapi
     from app.settings import load_settings
 
     settings = load_settings({"SESSIONS_DIR": str(REPO / "data" / "sessions"), "SESSIONS_API_TOKEN": "docs"})
@@ -86,7 +86,8 @@ def _security(operation: dict[str, Any]) -> str:
 
 
 def render(document: dict[str, Any]) -> str:
-    lines = [f"Generated from `/openapi.json` (OpenAPI {document['openapi']}, version {document['info']['version']}).", ""]
+    info = f"OpenAPI {document['openapi']}, version {document['info']['version']}"
+    lines = [f"Generated from `/openapi.json` ({info}).", ""]
     for path, item in document["paths"].items():
         methods = [method.upper() for method in item]
         get = item.get("get") or next(iter(item.values()))
