@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from app import problems
+from app.cors import Cors
 from app.errors import ServiceError
 from app.hub import ChangeHub
 from app.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
@@ -129,6 +130,10 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         for path in spec.paths
     ]
     middleware = [Middleware(RequestObserver, metrics=metrics)]
+    if settings.cors_origins:
+        # Outside the token check: a preflight carries no credentials, and a 401 must reach the
+        # page with the headers that let it read it.
+        middleware.append(Middleware(Cors, origins=settings.cors_origins))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
     middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))

@@ -21,7 +21,7 @@ from app.prefer import requested_wait
 from app.routes import JOB_PREFIX, JOBS
 from app.sessionfile import is_job_id
 from app.store import SessionStore
-from app.watches import long_poll, watch_collection, watch_job
+from app.watches import long_poll, sse_refusal, watch_collection, watch_job
 
 _METHODS = ("GET", "HEAD")
 _ALLOW = {"Allow": "GET, HEAD"}
@@ -105,6 +105,8 @@ class ApiFastPath:
                 raise Warming("the service is warming up; try again shortly (readiness says when it is ready)")
             await endpoint(scope, receive, send)
         except ServiceError as exc:
+            if await sse_refusal(scope, send, exc):
+                return
             response = await problems.service_error(Request(scope), exc)
             await response(scope, receive, send)
         except HTTPException as exc:
