@@ -14,8 +14,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from app.cors import Cors
-from app.middleware import take_access_token
+from app.api.cors import Cors
+from app.api.middleware import take_access_token
 from app.settings import SettingsError, load_settings
 from tests.support import Server, put_session, start_server, wait_until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app import events
+from app.changes import events
 from tests.support import Server, put_session, start_server
 from tests.watch_support import Watch
 
