@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from app.sessionfile import FINISHED_STATUSES
+
 WatchMode = Literal["auto", "poll", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -49,6 +51,7 @@ class Settings:
     stream_timeout_s: float = 900.0
     max_wait_s: float = 300.0
     max_streams: int = 10_000
+    finished_statuses: frozenset[str] = FINISHED_STATUSES
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -85,6 +88,23 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+MAX_FINISHED_STATUSES = 64
+MAX_STATUS_LENGTH = 1024
+
+
+def _statuses(raw: str) -> frozenset[str]:
+    """A comma-separated list of statuses, each as documents write it (case and all)."""
+    statuses = [part.strip() for part in raw.split(",")]
+    if any(not status for status in statuses):
+        raise ValueError(f"expected comma-separated statuses, got an empty one in {raw!r}")
+    if len(set(statuses)) > MAX_FINISHED_STATUSES:
+        raise ValueError(f"at most {MAX_FINISHED_STATUSES} statuses, got {len(set(statuses))}")
+    for status in statuses:
+        if len(status) > MAX_STATUS_LENGTH or not status.isprintable():
+            raise ValueError(f"a status must be printable and at most {MAX_STATUS_LENGTH} characters: {status[:40]!r}")
+    return frozenset(statuses)
 
 
 def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
@@ -158,4 +178,5 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         stream_timeout_s=_read(environ, "SESSIONS_STREAM_TIMEOUT_S", _seconds(0.05), 900.0),
         max_wait_s=_read(environ, "SESSIONS_MAX_WAIT_S", _seconds(0), 300.0),
         max_streams=_read(environ, "SESSIONS_MAX_STREAMS", _integer(0), 10_000),
+        finished_statuses=_read(environ, "SESSIONS_FINISHED_STATUSES", _statuses, FINISHED_STATUSES),
     )
