@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from app.sessionfile import FINISHED_STATUSES
+from app.store.sessionfile import FINISHED_STATUSES
 
-WatchMode = Literal["auto", "poll", "off"]
+WatchMode = Literal["auto", "poll", "native", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -163,7 +163,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         cache_max_entries=_read(environ, "SESSIONS_CACHE_MAX_ENTRIES", _integer(0), 100_000),
         cache_max_bytes=_read(environ, "SESSIONS_CACHE_MAX_BYTES", _integer(0), 268_435_456),
         max_file_bytes=_read(environ, "SESSIONS_MAX_FILE_BYTES", _integer(1), 8_388_608),
-        watch=_read(environ, "SESSIONS_WATCH", _choice("auto", "poll", "off"), "auto"),  # type: ignore[arg-type]
+        watch=_read(environ, "SESSIONS_WATCH", _choice("auto", "poll", "native", "off"), "auto"),  # type: ignore[arg-type]
         poll_interval_s=poll_ms / 1000,
         rescan_interval_s=_read(environ, "SESSIONS_RESCAN_INTERVAL_S", _seconds(0), 60.0),
         api_token=_api_token(environ),

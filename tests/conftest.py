@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests import netfs
 from tests.support import Server, start_server
 from tests.watch_support import Watch
 
@@ -57,3 +58,16 @@ def stack(serve: Callable[..., Server]) -> Iterator[contextlib.ExitStack]:
     reverse order, before the servers they talk to are stopped (it depends on `serve`)."""
     with contextlib.ExitStack() as stack:
         yield stack
+
+
+@pytest.fixture
+def network_folder(tmp_path: Path) -> Iterator[netfs.NetworkFolder]:
+    """A real network filesystem: a folder exported by a loopback sshd and mounted with sshfs
+    (attribute cache 3 s, like NFS). Write "on the file server" in `server_path`, serve
+    `mount_path`; `kill_server`/`start_server`/`freeze_server` make the server go away. Skipped
+    only where FUSE is impossible (no /dev/fuse)."""
+    reason = netfs.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with netfs.mounted(tmp_path / "netfs") as folder:
+        yield folder

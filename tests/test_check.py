@@ -115,3 +115,14 @@ def test_a_folder_that_cannot_be_read_exits_2(tmp_path: Path, name: str, kind: s
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SESSIONS_DIR" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_it_says_how_the_service_would_watch_the_folder(sessions_dir: Path) -> None:
+    """A local folder: native events (SESSIONS_WATCH=auto); an operator's setting is reported as
+    set. (On a network mount it says poll: tests/test_network_volume.py.)"""
+    result = run_check(sessions_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "watch: native (SESSIONS_WATCH=auto: the folder is on " in result.stderr
+    forced = run_check(sessions_dir, env={"SESSIONS_WATCH": "poll"})
+    assert "watch: poll (SESSIONS_WATCH=poll; the folder is on " in forced.stderr
+    assert forced.stdout == ""  # stdout lists invalid files only

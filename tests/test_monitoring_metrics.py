@@ -1,6 +1,6 @@
 """The alerts and the dashboard read metrics the service really exports: a real server's /metrics
 is scraped, and every metric named in a rule or a dashboard query must be there, so a rename in
-app/metrics.py fails here rather than silently blanking an alert. Also the two figures that
+app/ops/metrics.py fails here rather than silently blanking an alert. Also the two figures that
 exist for the alerts: the watch mode, and the process metrics behind the restart alert."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.store.watchmode import events_trusted, filesystem_type
 from tests.monitoring_support import (
     as_promql,
     dashboard_queries,
@@ -72,12 +73,25 @@ def test_every_metric_the_alerts_and_dashboard_read_is_exported(
     )
 
 
-@pytest.mark.parametrize("mode", ["auto", "poll", "off"])
-def test_the_watch_mode_is_exported(mode: str, sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir, env={"SESSIONS_WATCH": mode})
+@pytest.mark.parametrize(
+    ("setting", "mode", "reason"),
+    [
+        ("auto", "native", "local filesystem"),
+        ("native", "native", "set by SESSIONS_WATCH"),
+        ("poll", "poll", "set by SESSIONS_WATCH"),
+        ("off", "off", "set by SESSIONS_WATCH"),
+    ],
+)
+def test_the_watch_mode_is_exported(
+    setting: str, mode: str, reason: str, sessions_dir: Path, serve: Callable[..., Server]
+) -> None:
+    server = serve(sessions_dir, env={"SESSIONS_WATCH": setting})
     scraped = parse(metrics_text(server))
-    assert scraped.samples("sessions_watch_mode") == [({"mode": mode}, 1.0)]
-    if mode == "auto":
+    filesystem = filesystem_type(sessions_dir.resolve())
+    assert filesystem is not None and events_trusted(filesystem)  # a test's temp folder is local
+    labels = {"mode": mode, "setting": setting, "filesystem": filesystem, "reason": reason}
+    assert scraped.samples("sessions_watch_mode") == [(labels, 1.0)]
+    if mode == "native":
         # What JobSessionsNativeWatcherDown tells apart: up in auto mode, 0 by design otherwise.
         wait_until(lambda: parse(metrics_text(server)).value("sessions_watcher_up") == 1, 10, what="watcher up")
     else:
@@ -102,5 +116,6 @@ def test_several_workers_export_no_process_metrics(sessions_dir: Path, serve: Ca
     wait_until(lambda: len(worker_pids(server)) == 2, 30, what="two workers")
     scraped = parse(metrics_text(server))
     assert not [name for name in scraped.families if name.startswith("process_")]
-    # One series per mode, without a pid label: the alert's `and ignoring (mode)` still matches.
-    assert scraped.samples("sessions_watch_mode") == [({"mode": "auto"}, 1.0)]
+    # One series, without a pid label: the alert's `and on (job, instance)` still matches.
+    [(labels, value)] = scraped.samples("sessions_watch_mode")
+    assert (labels["mode"], labels["setting"], value) == ("native", "auto", 1.0)

@@ -69,7 +69,7 @@ BAD_SETTINGS = [
     ("SESSIONS_CACHE_MAX_ENTRIES", "-1", "at least 0"),
     ("SESSIONS_CACHE_MAX_BYTES", "lots", "whole number"),
     ("SESSIONS_MAX_FILE_BYTES", "0", "at least 1"),
-    ("SESSIONS_WATCH", "inotify", "one of auto, poll, off"),
+    ("SESSIONS_WATCH", "inotify", "one of auto, poll, native, off"),
     ("SESSIONS_POLL_INTERVAL_MS", "1.5", "whole number"),
     ("SESSIONS_RESCAN_INTERVAL_S", "-5", "at least 0"),
     ("SESSIONS_SHUTDOWN_DELAY_S", "nan", "finite"),
