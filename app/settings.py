@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from app.store.sessionfile import FINISHED_STATUSES
+
 WatchMode = Literal["auto", "poll", "native", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -51,6 +53,7 @@ class Settings:
     max_wait_s: float = 300.0
     max_streams: int = 10_000
     cors_origins: tuple[str, ...] = ()  # empty: CORS off; ("*",): any origin
+    finished_statuses: frozenset[str] = FINISHED_STATUSES
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -87,6 +90,23 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+MAX_FINISHED_STATUSES = 64
+MAX_STATUS_LENGTH = 1024
+
+
+def _statuses(raw: str) -> frozenset[str]:
+    """A comma-separated list of statuses, each as documents write it (case and all)."""
+    statuses = [part.strip() for part in raw.split(",")]
+    if any(not status for status in statuses):
+        raise ValueError(f"expected comma-separated statuses, got an empty one in {raw!r}")
+    if len(set(statuses)) > MAX_FINISHED_STATUSES:
+        raise ValueError(f"at most {MAX_FINISHED_STATUSES} statuses, got {len(set(statuses))}")
+    for status in statuses:
+        if len(status) > MAX_STATUS_LENGTH or not status.isprintable():
+            raise ValueError(f"a status must be printable and at most {MAX_STATUS_LENGTH} characters: {status[:40]!r}")
+    return frozenset(statuses)
 
 
 def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
@@ -178,4 +198,5 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_wait_s=_read(environ, "SESSIONS_MAX_WAIT_S", _seconds(0), 300.0),
         max_streams=_read(environ, "SESSIONS_MAX_STREAMS", _integer(0), 10_000),
         cors_origins=_read(environ, "SESSIONS_CORS_ORIGINS", _cors_origins, ()),
+        finished_statuses=_read(environ, "SESSIONS_FINISHED_STATUSES", _statuses, FINISHED_STATUSES),
     )

@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             cache_max_bytes=settings.cache_max_bytes,
             max_file_bytes=settings.max_file_bytes,
             history=settings.history,
+            finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
         reconciler.on_change = metrics.observe_change

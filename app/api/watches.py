@@ -152,7 +152,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
         return
     stream = Stream(Kind.COLLECTION, format, hub.touch)
     hub.open_stream(stream)
-    filter = query.filter
+    filter = query.filter(hub.store.finished_statuses)
     try:
         await _start(send, format)
         if position is None:

@@ -27,7 +27,7 @@ from app.store import sessionfile
 from app.store.cache import DocumentCache
 from app.store.changelog import ChangeLog, StoreChange
 from app.store.index import Key, SessionIndex
-from app.store.sessionfile import Document, LoadedFile
+from app.store.sessionfile import FINISHED_STATUSES, Document, LoadedFile
 
 MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
@@ -88,11 +88,13 @@ class SessionStore:
         cache_max_bytes: int,
         max_file_bytes: int,
         history: int = 100_000,
+        finished_statuses: frozenset[str] = FINISHED_STATUSES,
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.finished_statuses = finished_statuses  # what include_saved=false leaves out
         self._lock = threading.Lock()
-        self._index = SessionIndex()
+        self._index = SessionIndex(finished_statuses)
         self._entries: dict[str, Entry] = {}
         self._invalid: dict[str, Invalid] = {}
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
@@ -281,7 +283,9 @@ class SessionStore:
 
     def finish_warm_up(self) -> None:
         entries = list(self._entries.values())
-        index = SessionIndex.build((entry.key, entry.status, entry.user_id) for entry in entries)
+        index = SessionIndex.build(
+            ((entry.key, entry.status, entry.user_id) for entry in entries), self.finished_statuses
+        )
         with self._lock:
             self._index = index
             self._warming = None
