@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
-        hub = ChangeHub(store, loader, settings)
+        hub = ChangeHub(store, loader, settings, problems.error_body)
         hub.start()
         reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
         forget_drain = shutdown.on_stop(hub.drain)

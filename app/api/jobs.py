@@ -105,8 +105,7 @@ class ApiFastPath:
                 raise Warming("the service is warming up; try again shortly (readiness says when it is ready)")
             await endpoint(scope, receive, send)
         except ServiceError as exc:
-            response = await problems.service_error(Request(scope), exc)
-            await response(scope, receive, send)
+            await problems.error_response(exc)(scope, receive, send)
         except HTTPException as exc:
             response = await problems.http_error(Request(scope), exc)
             await response(scope, receive, send)

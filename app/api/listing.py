@@ -10,8 +10,8 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from app.errors import BadRequest
-from app.store.index import AFTER, Key
-from app.store.sessionfile import FINISHED_STATUSES, is_job_id
+from app.store.index import AFTER, Key, SessionFilter
+from app.store.sessionfile import is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -21,22 +21,6 @@ MAX_VALUE_LENGTH = 1024
 # What a query may hold as is inside Link: <...>; anything else (<, >, ", spaces) is escaped.
 _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-
-
-class SessionFilter(NamedTuple):
-    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
-
-    statuses: frozenset[str] | None
-    user_id: str | None
-    include_saved: bool
-
-    def matches(self, status: str | None, user_id: str | None) -> bool:
-        """The index's rule (app.store.index): a status that is not a string matches no status filter."""
-        return (
-            (self.statuses is None or status in self.statuses)
-            and (self.user_id is None or user_id == self.user_id)
-            and (self.include_saved or status not in FINISHED_STATUSES)
-        )
 
 
 class ListQuery(NamedTuple):

@@ -9,8 +9,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem
+from app.api.problems import error_response
 from app.api.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.errors import Unauthorized
 from app.ops.logs import access_log
 from app.ops.metrics import Metrics
 
@@ -82,24 +83,14 @@ class BearerAuth:
                     credentials = value
                     break
             if credentials is None:
-                response = problem(
-                    401,
-                    "Unauthorized",
-                    "send Authorization: Bearer <token>",
-                    "/problems/unauthorized",
-                    {"WWW-Authenticate": 'Bearer realm="sessions"'},
-                )
+                response = error_response(Unauthorized("send Authorization: Bearer <token>", 'Bearer realm="sessions"'))
                 await response(scope, receive, send)
                 return
             scheme, _, token = credentials.partition(b" ")
             # compare_digest: the time taken must not tell how much of a guess was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
-                response = problem(
-                    401,
-                    "Unauthorized",
-                    "the bearer token is not valid",
-                    "/problems/unauthorized",
-                    {"WWW-Authenticate": 'Bearer realm="sessions", error="invalid_token"'},
+                response = error_response(
+                    Unauthorized("the bearer token is not valid", 'Bearer realm="sessions", error="invalid_token"')
                 )
                 await response(scope, receive, send)
                 return

@@ -12,14 +12,14 @@ from starlette.types import Receive, Scope, Send
 
 from app.api import prefer, problems, routes
 from app.api.etags import etag_matches, normalize
-from app.api.listing import ListQuery, SessionFilter
+from app.api.listing import ListQuery
 from app.changes import events
 from app.changes.events import Format
 from app.changes.hub import ChangeHub
-from app.changes.streams import JobStream, Kind, Stream, until_disconnect
+from app.changes.streams import STREAM_WRITE, JobStream, Kind, Stream, until_disconnect
 from app.errors import RevisionExpired, ServiceError
-from app.server.httpprotocol import STREAM_WRITE
 from app.store.changelog import Expired, StoreChange
+from app.store.index import SessionFilter
 from app.store.sessionfile import Document
 
 # While sending an initial state or catching up: at most this many events per read of the log,
@@ -162,11 +162,12 @@ async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, posit
                 events.error(
                     format,
                     hub.token(hub.delivered),
-                    410,
-                    "Revision expired",
-                    "the changes since this stream's revision are no longer held: list again and watch from "
-                    "the list's X-Revision",
-                    "/problems/revision-expired",
+                    problems.error_body(
+                        RevisionExpired(
+                            "the changes since this stream's revision are no longer held: list again and watch "
+                            "from the list's X-Revision"
+                        )
+                    ),
                 )
             )
             return False
@@ -299,10 +300,8 @@ async def _wait_and_answer(
             if current is None:
                 current = await scope["state"]["loader"].load(job_id)
         except ServiceError as exc:  # deleted (404), or unreadable now (503)
-            headers = {"Preference-Applied": applied[1].decode()}
-            if exc.retry_after is not None:
-                headers["Retry-After"] = exc.retry_after
-            await problems.problem(exc.status, exc.title, exc.detail, exc.type, headers)(scope, receive, send)
+            response = problems.error_response(exc, {"Preference-Applied": applied[1].decode()})
+            await response(scope, receive, send)
             return reason
         if current.etag == document.etag and loop.time() < deadline:
             continue  # changed and changed back before we looked: still the client's version

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
+from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -20,6 +21,22 @@ from app.store.sessionfile import FINISHED_STATUSES
 # straight off the sorted keys. A cursor is (instant, job id, AFTER): just past that session.
 Key = tuple[int, str, bytes]
 AFTER = b"\xff"  # sorts after any JSON text
+
+
+class SessionFilter(NamedTuple):
+    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
+
+    statuses: frozenset[str] | None
+    user_id: str | None
+    include_saved: bool
+
+    def matches(self, status: str | None, user_id: str | None) -> bool:
+        """The index's rule: a status that is not a string matches no status filter."""
+        return (
+            (self.statuses is None or status in self.statuses)
+            and (self.user_id is None or user_id == self.user_id)
+            and (self.include_saved or status not in FINISHED_STATUSES)
+        )
 
 
 class _Group:
