@@ -59,8 +59,7 @@ register_url_convertor("jobpath", _JobPathConvertor())
 
 
 def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment (the factory
-    uvicorn workers call)."""
+    """Build the application. Without `settings`, read them from the environment."""
     settings = settings if settings is not None else load_settings(os.environ)
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
