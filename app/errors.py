@@ -25,6 +25,10 @@ class InvalidRevision(BadRequest):
     """A token that cannot be a revision at all (one that could be is Expired or a position)."""
 
 
+class OriginNotAllowed(ServiceError):
+    """A browser's preflight from an origin the service does not serve."""
+
+
 class SessionNotFound(ServiceError):
     pass
 

@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from app.api import problems
+from app.api.cors import Cors
 from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             cache_max_bytes=settings.cache_max_bytes,
             max_file_bytes=settings.max_file_bytes,
             history=settings.history,
+            finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
         reconciler.on_change = metrics.observe_change
@@ -143,6 +145,10 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         for path in spec.paths
     ]
     middleware = [Middleware(RequestObserver, metrics=metrics)]
+    if settings.cors_origins:
+        # Outside the token check: a preflight carries no credentials, and a 401 must reach the
+        # page with the headers that let it read it.
+        middleware.append(Middleware(Cors, origins=settings.cors_origins))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
     middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))

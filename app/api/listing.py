@@ -20,7 +20,11 @@ MAX_STATUSES = 64
 MAX_VALUE_LENGTH = 1024
 # What a query may hold as is inside Link: <...>; anything else (<, >, ", spaces) is escaped.
 _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
-_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+# The spellings FastAPI (pydantic) accepts, which the job API's callers send; any case.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on", "t", "y"), True),
+    **dict.fromkeys(("false", "0", "no", "off", "f", "n"), False),
+}
 
 
 class ListQuery(NamedTuple):
@@ -33,16 +37,19 @@ class ListQuery(NamedTuple):
     watch: bool = False
     revision: str | None = None  # watch from here (SPEC §6)
 
-    @property
-    def filter(self) -> SessionFilter:
-        return SessionFilter(self.statuses, self.user_id, self.include_saved)
+    def filter(self, finished: frozenset[str]) -> SessionFilter:
+        """The query's filters, where `finished` is what include_saved=false leaves out."""
+        return SessionFilter(self.statuses, self.user_id, self.include_saved, finished)
 
 
 def parse_boolean(name: str, value: str) -> bool:
     try:
         return _BOOLEANS[value.lower()]
     except KeyError:
-        raise BadRequest(f"{name} must be true, false, 1 or 0, not {value[:40]!r}") from None
+        raise BadRequest(
+            f"{name} must be a boolean (true, false, 1, 0, yes, no, on, off, t, f, y or n, in any case), "
+            f"not {value[:40]!r}"
+        ) from None
 
 
 def encode_cursor(key: Key) -> str:

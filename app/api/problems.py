@@ -34,6 +34,7 @@ PROBLEMS: dict[type[errors.ServiceError], Problem] = {
     errors.InvalidJobId: Problem(400, "Invalid job id", "/problems/invalid-job-id"),
     errors.InvalidRevision: Problem(400, "Bad Request", "/problems/bad-request"),
     errors.Unauthorized: Problem(401, "Unauthorized", "/problems/unauthorized"),
+    errors.OriginNotAllowed: Problem(403, "Origin not allowed", "/problems/origin-not-allowed"),
     errors.SessionNotFound: Problem(404, "Session not found", "/problems/session-not-found"),
     errors.SessionFileInvalid: Problem(404, "Session file is invalid", "/problems/session-file-invalid"),
     errors.RevisionExpired: Problem(410, "Revision expired", "/problems/revision-expired"),

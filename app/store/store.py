@@ -23,6 +23,7 @@ from app.errors import (
     TemporarilyUnavailable,
     TransientReadError,
 )
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.cache import DocumentCache
 from app.store.changelog import ChangeLog, StoreChange
@@ -68,11 +69,13 @@ class SessionStore:
         cache_max_bytes: int,
         max_file_bytes: int,
         history: int = 100_000,
+        finished_statuses: frozenset[str] = FINISHED_STATUSES,
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.finished_statuses = finished_statuses  # what include_saved=false leaves out
         self._lock = threading.Lock()
-        self._index = SessionIndex()
+        self._index = SessionIndex(finished_statuses)
         self._entries: dict[str, Entry] = {}
         self._invalid: dict[str, Invalid] = {}
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
@@ -261,7 +264,9 @@ class SessionStore:
 
     def finish_warm_up(self) -> None:
         entries = list(self._entries.values())
-        index = SessionIndex.build((entry.key, entry.status, entry.user_id) for entry in entries)
+        index = SessionIndex.build(
+            ((entry.key, entry.status, entry.user_id) for entry in entries), self.finished_statuses
+        )
         with self._lock:
             self._index = index
             self._warming = None
