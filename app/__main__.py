@@ -27,7 +27,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["check"]:
-        from app.check import main as check_main
+        from app.ops.check import main as check_main
 
         return check_main(args[1:])
 
@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc.variable}: {exc.problem}", file=sys.stderr)
         return 2
 
-    from app.logs import configure_logging
-    from app.server import run
+    from app.ops.logs import configure_logging
+    from app.server.server import run
 
     configure_logging(settings)
     run(settings, options.host, options.port, options.workers)

@@ -1,4 +1,4 @@
-"""The service's domain exceptions, turned into problem+json responses in `app.problems` alone."""
+"""The service's domain exceptions, turned into problem+json responses in `app.api.problems` alone."""
 
 from __future__ import annotations
 

@@ -8,10 +8,13 @@ turns into exit status 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
+
+from app.store.sessionfile import FINISHED_STATUSES
 
 WatchMode = Literal["auto", "poll", "native", "off"]
 LogFormat = Literal["json", "text"]
@@ -49,6 +52,8 @@ class Settings:
     stream_timeout_s: float = 900.0
     max_wait_s: float = 300.0
     max_streams: int = 10_000
+    cors_origins: tuple[str, ...] = ()  # empty: CORS off; ("*",): any origin
+    finished_statuses: frozenset[str] = FINISHED_STATUSES
 
 
 def _integer(minimum: int) -> Callable[[str], int]:
@@ -85,6 +90,23 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+MAX_FINISHED_STATUSES = 64
+MAX_STATUS_LENGTH = 1024
+
+
+def _statuses(raw: str) -> frozenset[str]:
+    """A comma-separated list of statuses, each as documents write it (case and all)."""
+    statuses = [part.strip() for part in raw.split(",")]
+    if any(not status for status in statuses):
+        raise ValueError(f"expected comma-separated statuses, got an empty one in {raw!r}")
+    if len(set(statuses)) > MAX_FINISHED_STATUSES:
+        raise ValueError(f"at most {MAX_FINISHED_STATUSES} statuses, got {len(set(statuses))}")
+    for status in statuses:
+        if len(status) > MAX_STATUS_LENGTH or not status.isprintable():
+            raise ValueError(f"a status must be printable and at most {MAX_STATUS_LENGTH} characters: {status[:40]!r}")
+    return frozenset(statuses)
 
 
 def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
@@ -135,6 +157,23 @@ def _api_token(environ: Mapping[str, str]) -> str | None:
     return token
 
 
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _cors_origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if "*" in origins:
+        if len(origins) > 1:
+            raise ValueError("'*' allows every origin: list origins or give '*' alone")
+        return origins
+    for origin in origins:
+        # A browser's Origin is scheme://host[:port], never with a path or a trailing slash:
+        # an origin written with one would never match, and CORS would fail without a word.
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path or trailing slash)")
+    return tuple(origin.lower() for origin in origins)
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and validate every setting; raise `SettingsError` on the first bad one."""
     poll_ms = _read(environ, "SESSIONS_POLL_INTERVAL_MS", _integer(10), 500)
@@ -158,4 +197,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         stream_timeout_s=_read(environ, "SESSIONS_STREAM_TIMEOUT_S", _seconds(0.05), 900.0),
         max_wait_s=_read(environ, "SESSIONS_MAX_WAIT_S", _seconds(0), 300.0),
         max_streams=_read(environ, "SESSIONS_MAX_STREAMS", _integer(0), 10_000),
+        cors_origins=_read(environ, "SESSIONS_CORS_ORIGINS", _cors_origins, ()),
+        finished_statuses=_read(environ, "SESSIONS_FINISHED_STATUSES", _statuses, FINISHED_STATUSES),
     )

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import orjson
 
-from app.hub import ChangeHub
-from app.listing import SessionFilter
-from app.loader import MissLoader
+from app.api.listing import SessionFilter
+from app.changes.hub import ChangeHub
+from app.changes.streams import End, Format, Kind, Stream
 from app.settings import Settings
-from app.store import SessionStore
-from app.streams import End, Format, Kind, Stream
+from app.store.loader import MissLoader
+from app.store.store import SessionStore
 from tests.test_store import load, make_store, write
 
 EVERYONE = SessionFilter(None, None, True)

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import sessionfile
-from app.loader import MissLoader
-from app.store import SessionStore
+from app.store import sessionfile
+from app.store.loader import MissLoader
+from app.store.store import SessionStore
 from tests.support import Server, encode, put_session, session_doc, wait_until
 
 

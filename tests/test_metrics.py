@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.routes import LABELS
+from app.api.routes import LABELS
 from tests.ops_support import (
     JOB_ROUTE,
     LABEL_NAME,

@@ -1,6 +1,6 @@
 """The alerts and the dashboard read metrics the service really exports: a real server's /metrics
 is scraped, and every metric named in a rule or a dashboard query must be there, so a rename in
-app/metrics.py fails here rather than silently blanking an alert. Also the two figures that
+app/ops/metrics.py fails here rather than silently blanking an alert. Also the two figures that
 exist for the alerts: the watch mode, and the process metrics behind the restart alert."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.watchmode import events_trusted, filesystem_type
+from app.store.watchmode import events_trusted, filesystem_type
 from tests.monitoring_support import (
     as_promql,
     dashboard_queries,

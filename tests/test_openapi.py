@@ -13,8 +13,8 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from app import __version__
-from app.application import create_app
-from app.openapi import build_openapi
+from app.api.application import create_app
+from app.api.openapi import build_openapi
 from app.settings import load_settings
 from tests.support import Server, put_session
 

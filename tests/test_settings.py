@@ -53,6 +53,17 @@ def test_values_are_read(sessions_dir: Path, tmp_path: Path) -> None:
     assert (settings.log_format, settings.log_level) == ("text", "warning")
 
 
+def test_finished_statuses(sessions_dir: Path) -> None:
+    default = load_settings({"SESSIONS_DIR": str(sessions_dir)}).finished_statuses
+    assert default == {"completed", "failed", "cancelled"}
+    assert load_settings({"SESSIONS_DIR": str(sessions_dir), "SESSIONS_FINISHED_STATUSES": ""}).finished_statuses == (
+        default
+    )
+    given = " completed, failed,cancelled ,pending_review,Done"  # spaces around items dropped, case kept
+    settings = load_settings({"SESSIONS_DIR": str(sessions_dir), "SESSIONS_FINISHED_STATUSES": given})
+    assert settings.finished_statuses == {"completed", "failed", "cancelled", "pending_review", "Done"}
+
+
 BAD_SETTINGS = [
     ("SESSIONS_DIR", "/does/not/exist", "does not exist"),
     ("SESSIONS_CACHE_MAX_ENTRIES", "-1", "at least 0"),
@@ -69,6 +80,10 @@ BAD_SETTINGS = [
     ("SESSIONS_API_TOKEN", "   ", "empty"),
     ("SESSIONS_API_TOKEN_FILE", "/no/such/token", "cannot read"),
     ("SESSIONS_API_TOKEN_FILE", "", "set but empty"),  # fails closed, not an open API
+    ("SESSIONS_FINISHED_STATUSES", "completed,,failed", "an empty one"),
+    ("SESSIONS_FINISHED_STATUSES", " , ", "an empty one"),
+    ("SESSIONS_FINISHED_STATUSES", "done\x00", "printable"),
+    ("SESSIONS_FINISHED_STATUSES", ",".join(f"s{n}" for n in range(65)), "at most 64"),
 ]
 
 
@@ -88,7 +103,7 @@ def test_sessions_dir_must_be_a_folder(tmp_path: Path) -> None:
         load_settings({"SESSIONS_DIR": str(a_file)})
 
 
-@pytest.mark.parametrize(("variable", "value", "problem"), BAD_SETTINGS[:6])
+@pytest.mark.parametrize(("variable", "value", "problem"), [*BAD_SETTINGS[:6], BAD_SETTINGS[-4]])
 def test_bad_setting_exits_2_before_listening(sessions_dir: Path, variable: str, value: str, problem: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", "--port", "1"],  # port 1: would fail if it got to listening

@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app import sessionfile
 from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailable
-from app.index import SessionIndex
-from app.sessionfile import FINISHED_STATUSES
-from app.store import Change, SessionStore
+from app.store import sessionfile
+from app.store.index import SessionIndex
+from app.store.sessionfile import FINISHED_STATUSES
+from app.store.store import Change, SessionStore
 from tests.support import STATUSES, encode, session_doc, write_in_place
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.application import LOADER_THREADS
+from app.api.application import LOADER_THREADS
 from tests.ops_support import scrape, wait_for_scrape
 from tests.reliability_support import process_figures, wait_quiet_figures
 from tests.support import Server, put_session, wait_until
