@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from app.store.sessionfile import FINISHED_STATUSES
-
 WatchMode = Literal["auto", "poll", "native", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 _T = TypeVar("_T")
+
+# What include_saved=false leaves out unless SESSIONS_FINISHED_STATUSES says otherwise.
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class SettingsError(Exception):

@@ -61,8 +61,7 @@ register_url_convertor("jobpath", _JobPathConvertor())
 
 
 def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment (the factory
-    uvicorn workers call)."""
+    """Build the application. Without `settings`, read them from the environment."""
     settings = settings if settings is not None else load_settings(os.environ)
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
@@ -85,7 +84,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
-        hub = ChangeHub(store, loader, settings)
+        hub = ChangeHub(store, loader, settings, problems.error_body)
         hub.start()
         reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
         forget_drain = shutdown.on_stop(hub.drain)

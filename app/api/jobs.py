@@ -107,8 +107,7 @@ class ApiFastPath:
         except ServiceError as exc:
             if await sse_refusal(scope, send, exc):
                 return
-            response = await problems.service_error(Request(scope), exc)
-            await response(scope, receive, send)
+            await problems.error_response(exc)(scope, receive, send)
         except HTTPException as exc:
             response = await problems.http_error(Request(scope), exc)
             await response(scope, receive, send)

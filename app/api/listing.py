@@ -10,8 +10,8 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from app.errors import BadRequest
-from app.store.index import AFTER, Key
-from app.store.sessionfile import FINISHED_STATUSES, is_job_id
+from app.store.index import AFTER, Key, SessionFilter
+from app.store.sessionfile import is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -25,23 +25,6 @@ _BOOLEANS = {
     **dict.fromkeys(("true", "1", "yes", "on", "t", "y"), True),
     **dict.fromkeys(("false", "0", "no", "off", "f", "n"), False),
 }
-
-
-class SessionFilter(NamedTuple):
-    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
-
-    statuses: frozenset[str] | None
-    user_id: str | None
-    include_saved: bool
-    finished: frozenset[str] = FINISHED_STATUSES  # what include_saved=false leaves out (a setting)
-
-    def matches(self, status: str | None, user_id: str | None) -> bool:
-        """The index's rule (app.store.index): a status that is not a string matches no status filter."""
-        return (
-            (self.statuses is None or status in self.statuses)
-            and (self.user_id is None or user_id == self.user_id)
-            and (self.include_saved or status not in self.finished)
-        )
 
 
 class ListQuery(NamedTuple):

@@ -9,8 +9,6 @@ import random
 
 import orjson
 
-from app.api.problems import problem_body
-
 
 class Format(enum.Enum):
     NDJSON = b"application/x-ndjson"
@@ -84,8 +82,9 @@ def one_line(document: bytes) -> bytes:
     return document
 
 
-def error(format: Format, revision: bytes, status: int, title: str, detail: str, type_: str) -> bytes:
-    return encode(format, ERROR, revision, problem_body(status, title, detail, type_))
+def error(format: Format, revision: bytes, problem: bytes) -> bytes:
+    """An ERROR event; `problem` is the problem document (app.api.problems builds it)."""
+    return encode(format, ERROR, revision, problem)
 
 
 # An EventSource reconnects this long after its stream ends: spread, so that the pages of a

@@ -1,16 +1,10 @@
 """Prometheus metrics: request figures observed by middleware, store figures refreshed from the
 store's counters by a monitor task (and just before every scrape), event-loop lag measured by it.
-
-With `--workers N`, prometheus-client's multiprocess mode is used (PROMETHEUS_MULTIPROC_DIR, set
-by `python -m app`): counters and histograms add up across workers, per-worker gauges of cache
-size add up (`livesum`), and figures every worker shares (sessions indexed) take the maximum.
-Gauges count live workers only: a worker that died (and was replaced) drops out of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +17,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Receive, Scope, Send
 
 from app.changes.events import TYPES as EVENT_TYPES
@@ -45,26 +38,16 @@ _RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MONITOR_INTERVAL_S = 1.0  # event-loop lag sampled, figures published: once a second (idle wake-ups cost)
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
 _STREAM_KINDS = ("collection", "job")
 _WAIT_ENDS = ("changed", "timeout", "drain", "client")
 
 
 class Metrics:
     def __init__(self, settings: Settings | None = None, watch: WatchPlan | None = None) -> None:
-        self.multiprocess = multiprocess_dir() is not None
-        # A registry per app, so that apps built in one process (tests) do not collide; in
-        # multiprocess mode values live in files and a scrape collects them afresh.
-        self.registry = CollectorRegistry()
-        registry = None if self.multiprocess else self.registry
-        if not self.multiprocess:
-            # process_start_time_seconds (restarts), memory, CPU, file descriptors. Not in
-            # multiprocess mode: one worker answers each scrape, and its own figures would be
-            # reported for all of them, a different worker's each time.
-            ProcessCollector(registry=self.registry)
+        # A registry per app, so that apps built in one process (tests) do not collide.
+        self.registry = registry = CollectorRegistry()
+        # process_start_time_seconds (restarts), memory, CPU, file descriptors.
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "sessions_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=registry
         )
@@ -75,14 +58,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-        self.cache_entries = Gauge(
-            "sessions_cache_entries", "Documents in the LRU cache.", registry=registry, multiprocess_mode="livesum"
-        )
+        self.cache_entries = Gauge("sessions_cache_entries", "Documents in the LRU cache.", registry=registry)
         self.cache_bytes = Gauge(
             "sessions_cache_bytes",
             "Bytes of documents in the LRU cache.",
             registry=registry,
-            multiprocess_mode="livesum",
         )
         self.cache_hits = Counter("sessions_cache_hits", "Reads served from the cache.", registry=registry)
         self.cache_misses = Counter(
@@ -94,26 +74,18 @@ class Metrics:
         self.cache_loads = Counter(
             "sessions_cache_loads", "File reads for cache misses (one per id however many wait).", registry=registry
         )
-        self.sessions = Gauge(
-            "sessions_indexed", "Valid sessions indexed.", registry=registry, multiprocess_mode="livemax"
-        )
+        self.sessions = Gauge("sessions_indexed", "Valid sessions indexed.", registry=registry)
         self.invalid_files = Gauge(
             "sessions_invalid_files",
             "Session files that are invalid now.",
             registry=registry,
-            multiprocess_mode="livemax",
         )
-        self.revision = Gauge(
-            "sessions_store_revision", "Changes applied to the store.", registry=registry, multiprocess_mode="livemax"
-        )
-        self.ready = Gauge(
-            "sessions_ready", "1 once the warm-up is done.", registry=registry, multiprocess_mode="livemin"
-        )
+        self.revision = Gauge("sessions_store_revision", "Changes applied to the store.", registry=registry)
+        self.ready = Gauge("sessions_ready", "1 once the warm-up is done.", registry=registry)
         self.warmup = Gauge(
             "sessions_warmup_duration_seconds",
             "Time the start-up warm-up took.",
             registry=registry,
-            multiprocess_mode="livemax",
         )
         self.watcher_events = Counter(
             "sessions_watcher_events", "File events reported by the native watcher.", registry=registry
@@ -122,7 +94,6 @@ class Metrics:
             "sessions_watcher_up",
             "1 while the native watcher runs (0 in poll and off modes, or while it is down).",
             registry=registry,
-            multiprocess_mode="livemin",
         )
         # sessions_watcher_up is 0 by design in poll and off modes: alerts tell "down" from "not
         # used" by this (deploy/prometheus/alerts.yaml).
@@ -133,7 +104,6 @@ class Metrics:
             "1 for the watch mode this process runs in (native, poll or off) and why.",
             ["mode", "setting", "filesystem", "reason"],
             registry=registry,
-            multiprocess_mode="livemax",
         )
         if watch is not None:
             self.watch_mode.labels(watch.mode, watch.setting, watch.filesystem, watch.reason).set(1)
@@ -174,13 +144,11 @@ class Metrics:
             "Open streams by kind: collection and job watches, and waiting long polls (wait).",
             ["kind"],
             registry=registry,
-            multiprocess_mode="livesum",
         )
         self.streams_limit = Gauge(
             "sessions_streams_limit",
             "SESSIONS_MAX_STREAMS: streams and waits a process serves at once.",
             registry=registry,
-            multiprocess_mode="livesum",
         )
         self.streams_rejected = Counter(
             "sessions_streams_rejected", "Streams and waits refused with a 503 at the limit.", registry=registry
@@ -322,10 +290,6 @@ class Metrics:
     # --- exposition ----------------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

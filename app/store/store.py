@@ -23,11 +23,13 @@ from app.errors import (
     TemporarilyUnavailable,
     TransientReadError,
 )
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.cache import DocumentCache
 from app.store.changelog import ChangeLog, StoreChange
+from app.store.entry import Entry
 from app.store.index import Key, SessionIndex
-from app.store.sessionfile import FINISHED_STATUSES, Document, LoadedFile
+from app.store.sessionfile import Document, LoadedFile
 
 MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
@@ -42,27 +44,6 @@ class Change(enum.Enum):
     STALE = "stale"  # a served session's file turned invalid: still served, marked stale
     INVALID = "invalid"  # a file that was never valid is (still) invalid
     DELETED = "deleted"
-
-
-class Entry:
-    """A valid session (or the last valid version of one whose file is invalid now): what the
-    index and lists need, kept for every session, cached or not. Kept small: one per file."""
-
-    __slots__ = ("key", "status", "user_id", "signature", "etag")
-
-    def __init__(self, loaded: LoadedFile) -> None:
-        summary = loaded.summary
-        self.key = summary.key  # its list position and list item: see app.store.index
-        self.status = summary.status
-        self.user_id = summary.user_id
-        self.signature = loaded.signature
-        # What "unchanged" is decided on, cached or not; the document's own bytes object, so
-        # it costs nothing while the document is cached.
-        self.etag = loaded.document.etag
-
-    @property
-    def summary(self) -> bytes:
-        return self.key[2]
 
 
 class Invalid:
