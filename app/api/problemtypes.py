@@ -15,20 +15,19 @@ from typing import NamedTuple
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from app.api.problems import PROBLEMS
+
 PREFIX = "/problems/"
 
 
 class ProblemType(NamedTuple):
-    title: str
-    status: int
     meaning: str  # when the service answers it
     action: str  # what a client does about it
 
 
+# By name: each type of app.api.problems' table (which gives its title and status) has a row.
 PROBLEM_TYPES: dict[str, ProblemType] = {
     "bad-request": ProblemType(
-        "Bad Request",
-        400,
         "A query parameter or header has a value the service cannot take: a limit outside 1 to 1000, a "
         "cursor it did not give, a value that is not a boolean, watch=true with limit or cursor, revision= "
         "without watch=true, a malformed Prefer, a query that is not ASCII or has too many parameters. "
@@ -36,81 +35,59 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Fix the request as the detail says; sending it again unchanged gets the same answer.",
     ),
     "invalid-job-id": ProblemType(
-        "Invalid job id",
-        400,
         "The path under /api/v2/jobs/ is not a job id: 1 to 128 of A-Z a-z 0-9 . _ -, starting with a "
         "letter or a digit (percent-encoded slashes and dots included).",
         "Send a job id as the list gives it.",
     ),
     "unauthorized": ProblemType(
-        "Unauthorized",
-        401,
         "The service is configured with a token (SESSIONS_API_TOKEN) and the request carried none, or a "
         "wrong one. WWW-Authenticate says which.",
         "Send Authorization: Bearer <token>; a browser may send the access_token query parameter on GET "
         "and HEAD instead.",
     ),
     "origin-not-allowed": ProblemType(
-        "Origin not allowed",
-        403,
         "A CORS preflight (OPTIONS) came from a page whose origin is not in SESSIONS_CORS_ORIGINS, or CORS is "
         "off (the default).",
         "Have the service's operator add the page's origin to SESSIONS_CORS_ORIGINS, or call the service from a "
         "server rather than a browser.",
     ),
     "session-not-found": ProblemType(
-        "Session not found",
-        404,
         "No session file has this job id, or it was deleted. A long poll answers it when the session is "
         "deleted while it waits.",
         "Check the id; list the sessions to find it. A session that appears later is served at once.",
     ),
     "session-file-invalid": ProblemType(
-        "Session file is invalid",
-        404,
         "A file exists for this job id but has never held a valid session (not UTF-8, not JSON, not an "
         "object, too large, a job_id that is not its name, a link outside the folder). The detail gives "
         "the reason.",
         "Fix the file; `python -m app check` lists every invalid file of a folder with its reason.",
     ),
     "revision-expired": ProblemType(
-        "Revision expired",
-        410,
         "A watch asked for the changes after a revision this replica does not hold: another replica's, "
         "from before a restart, or older than the history it keeps (SESSIONS_HISTORY). Over SSE it comes "
         "as an ERROR event whose empty id: resets the browser's last id.",
         "List again and watch from the list's X-Revision (a browser's EventSource starts over by itself).",
     ),
     "stream-fell-behind": ProblemType(
-        "Stream fell behind",
-        410,
         "A collection watch read its events more slowly than they came, past its buffer: the stream ends "
         "with an ERROR event carrying this problem, so that memory per stream stays bounded.",
         "List again and watch from the list's X-Revision; read the stream faster.",
     ),
     "temporarily-unavailable": ProblemType(
-        "Session temporarily unavailable",
-        503,
         "The session exists but its document cannot be produced right now: its file is mid-write and its "
         "last valid version is no longer in memory, or the service is out of file descriptors.",
         "Retry after Retry-After seconds.",
     ),
     "warming-up": ProblemType(
-        "Warming up",
-        503,
         "The service has not loaded every session yet: an answer now could be a 404 for a session it has "
         "not read. /readyz says when it is ready.",
         "Retry after Retry-After seconds, or on another replica.",
     ),
     "too-many-streams": ProblemType(
-        "Too many streams",
-        503,
         "SESSIONS_MAX_STREAMS watches and long polls are open at once; this one was refused.",
         "Retry after Retry-After seconds, or on another replica.",
     ),
     "not-serving-streams": ProblemType(
-        "Not serving streams now",
-        503,
         "The service is warming up or shutting down: a watch or a long poll would miss what the warm-up "
         "loads, or be cut short.",
         "Retry after Retry-After seconds; behind a load balancer the retry reaches another replica.",
@@ -122,14 +99,14 @@ def type_uri(name: str) -> str:
     return PREFIX + name
 
 
-def _page(name: str, problem: ProblemType) -> bytes:
-    text = {key: html.escape(value) for key, value in problem._asdict().items() if isinstance(value, str)}
+def _page(name: str, status: int, title: str, problem: ProblemType) -> bytes:
+    text = {"title": html.escape(title), "meaning": html.escape(problem.meaning), "action": html.escape(problem.action)}
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f"<title>{text['title']}</title></head><body>\n"
         f"<h1>{text['title']}</h1>\n"
-        f"<p>Problem type <code>{html.escape(type_uri(name))}</code>, HTTP status {problem.status}.</p>\n"
+        f"<p>Problem type <code>{html.escape(type_uri(name))}</code>, HTTP status {status}.</p>\n"
         f"<h2>When</h2>\n<p>{text['meaning']}</p>\n"
         f"<h2>What to do</h2>\n<p>{text['action']}</p>\n"
         "<p>Errors are <code>application/problem+json</code> (RFC 9457): "
@@ -139,7 +116,16 @@ def _page(name: str, problem: ProblemType) -> bytes:
     ).encode()
 
 
-_PAGES = {PREFIX + name: _page(name, problem) for name, problem in PROBLEM_TYPES.items()}
+def _pages() -> dict[str, bytes]:
+    pages: dict[str, bytes] = {}
+    for row in PROBLEMS.values():
+        if row.type.startswith(PREFIX) and row.type not in pages:
+            name = row.type.removeprefix(PREFIX)
+            pages[row.type] = _page(name, row.status, row.title, PROBLEM_TYPES[name])  # KeyError: a type without a page
+    return pages
+
+
+_PAGES = _pages()
 
 
 class ProblemTypeEndpoint:
