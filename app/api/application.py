@@ -29,7 +29,7 @@ from app.changes.hub import ChangeHub
 from app.errors import ServiceError
 from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
 from app.ops.metrics import Metrics, MetricsEndpoint
-from app.settings import Settings, load_settings
+from app.settings import Settings
 from app.store.loader import MissLoader
 from app.store.reconciler import Reconciler
 from app.store.store import SessionStore
@@ -59,9 +59,8 @@ class _JobPathConvertor(Convertor[str]):
 register_url_convertor("jobpath", _JobPathConvertor())
 
 
-def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment."""
-    settings = settings if settings is not None else load_settings(os.environ)
+def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlette:
+    """Build the application for `settings`, which the entry point read."""
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
     # Decided once, before anything watches: reads /proc, never the folder's own mount.
