@@ -78,7 +78,6 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
             finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
-        reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
@@ -89,7 +88,8 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         # The warm-up runs in the reconciler thread: yield at once so that the port opens and
         # the probes answer (readiness 503 "warming") while it runs.
         reconciler.start()
-        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
+        metrics.attach(store, reconciler, loader, hub)
+        monitor = asyncio.create_task(metrics.monitor(), name="sessions-monitor")
         logger.info(
             "serving sessions",
             extra={
