@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.api.routes import LABELS
+from app.ops.metrics import Buckets, cumulative
 from tests.ops_support import (
     JOB_ROUTE,
     LABEL_NAME,
@@ -345,3 +346,12 @@ def test_event_loop_lag_histogram_is_measured(sessions_dir: Path, serve: Callabl
     count = assert_histogram_consistent(scraped, "sessions_event_loop_lag_seconds")
     # an idle loop is late by far less than a second on average
     assert scraped.value("sessions_event_loop_lag_seconds_sum") < count * 1.0
+
+
+def test_a_histograms_own_buckets_count_as_prometheus_le_does() -> None:
+    """An observation on a bound counts in that bucket; the exposed buckets are cumulative."""
+    buckets = Buckets((0.1, 1.0))
+    for value in (0.1, 0.05, 1.5):
+        buckets.observe(value)
+    assert cumulative(buckets.bounds, buckets.counts) == [("0.1", 2), ("1.0", 2), ("+Inf", 3)]
+    assert buckets.sum == 1.65

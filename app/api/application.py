@@ -30,7 +30,7 @@ from app.changes.hub import ChangeHub
 from app.errors import ServiceError
 from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
 from app.ops.metrics import Metrics, MetricsEndpoint
-from app.settings import Settings, load_settings
+from app.settings import Settings
 from app.store.loader import MissLoader
 from app.store.reconciler import Reconciler
 from app.store.store import SessionStore
@@ -60,9 +60,8 @@ class _JobPathConvertor(Convertor[str]):
 register_url_convertor("jobpath", _JobPathConvertor())
 
 
-def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment."""
-    settings = settings if settings is not None else load_settings(os.environ)
+def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlette:
+    """Build the application for `settings`, which the entry point read."""
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
     # Decided once, before anything watches: reads /proc, never the folder's own mount.
@@ -80,7 +79,6 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
-        reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
@@ -91,7 +89,8 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         # The warm-up runs in the reconciler thread: yield at once so that the port opens and
         # the probes answer (readiness 503 "warming") while it runs.
         reconciler.start()
-        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
+        metrics.attach(store, reconciler, loader, hub)
+        monitor = asyncio.create_task(metrics.monitor(), name="sessions-monitor")
         logger.info(
             "serving sessions",
             extra={
