@@ -21,7 +21,6 @@ import pytest
 from tests.ops_support import wait_for_scrape
 from tests.support import REPO, Server, put_session, start_server
 
-BIN = Path(sys.executable).parent
 CALLS = REPO / "tests" / "generated_client_calls.py"
 PACKAGE = "sessions_api"
 
@@ -46,7 +45,7 @@ def generated(server: tuple[Server, Path], tmp_path_factory: pytest.TempPathFact
     config = where / "config.yaml"
     config.write_text("post_hooks: []\n")  # no formatter run: the code is generated to be imported, not read
     result = subprocess.run(
-        [BIN / "openapi-python-client", "generate", "--path", spec, "--meta", "none"]
+        [sys.executable, "-m", "openapi_python_client", "generate", "--path", spec, "--meta", "none"]
         + ["--output-path", where / PACKAGE, "--config", config],
         cwd=where,
         capture_output=True,

@@ -265,6 +265,17 @@ def _api_operations(token_required: bool) -> dict[str, dict[str, Any]]:
 
 
 _OPEN_OPERATIONS: dict[str, dict[str, Any]] = {
+    "/": {
+        "operationId": "page",
+        "summary": "The live jobs page, for a browser." + _HEAD_NOTE,
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "headers": _headers("Cache-Control"),
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    },
     "/livez": {
         "operationId": "livez",
         "summary": "Liveness: 200 while the process serves." + _HEAD_NOTE,
