@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast cluster lint bench docs docs-serve prometheusrule clean
+.PHONY: install run test test-fast cluster lint bench docs docs-serve prometheusrule unasync clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ docs-serve: $(STAMP)
 # After editing deploy/prometheus/alerts.yaml: copy its rules into the PrometheusRule.
 prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
+
+# After editing the client's async code (client/src/sessions_client/_async/): write the sync
+# code from it. A test fails while the two differ (docs/development.md, "The client's sync code").
+unasync: $(STAMP)
+	$(BIN)/python client/scripts/unasync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cluster site client/src/*.egg-info

@@ -85,16 +85,6 @@ def test_second_signal_skips_the_delay(sessions_dir: Path, serve: Callable[..., 
     assert server.process.wait(20) == 0
 
 
-def test_several_workers_serve_and_stop(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, args=("--workers", "2"))
-    for _ in range(20):
-        assert server.get("/api/v2/jobs/j").status_code == 200
-    put_session(sessions_dir, "k")
-    wait_until(lambda: all(server.get("/api/v2/jobs/k").status_code == 200 for _ in range(10)), 10)
-    assert server.stop() == 0
-
-
 def test_a_miss_is_loaded_once_however_many_wait(tmp_path: Path) -> None:
     data = encode(session_doc("big", payload="x" * 100_000))
     (tmp_path / "big.json").write_bytes(data)

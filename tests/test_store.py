@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailable
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.index import SessionIndex
-from app.store.sessionfile import FINISHED_STATUSES
 from app.store.store import Change, SessionStore
 from tests.support import STATUSES, encode, session_doc, write_in_place
 

@@ -19,16 +19,18 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from app.api import problems
+from app.api.cors import Cors
 from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
+from app.api.problemtypes import ProblemTypeEndpoint
 from app.api.routes import ROUTES
 from app.changes.hub import ChangeHub
 from app.errors import ServiceError
 from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
 from app.ops.metrics import Metrics, MetricsEndpoint
-from app.settings import Settings, load_settings
+from app.settings import Settings
 from app.store.loader import MissLoader
 from app.store.reconciler import Reconciler
 from app.store.store import SessionStore
@@ -58,10 +60,8 @@ class _JobPathConvertor(Convertor[str]):
 register_url_convertor("jobpath", _JobPathConvertor())
 
 
-def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment (the factory
-    uvicorn workers call)."""
-    settings = settings if settings is not None else load_settings(os.environ)
+def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlette:
+    """Build the application for `settings`, which the entry point read."""
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
     # Decided once, before anything watches: reads /proc, never the folder's own mount.
@@ -76,20 +76,21 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             cache_max_bytes=settings.cache_max_bytes,
             max_file_bytes=settings.max_file_bytes,
             history=settings.history,
+            finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
-        reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
         loader = MissLoader(store, executor)
-        hub = ChangeHub(store, loader, settings)
+        hub = ChangeHub(store, loader, settings, problems.error_body)
         hub.start()
         reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
         forget_drain = shutdown.on_stop(hub.drain)
         # The warm-up runs in the reconciler thread: yield at once so that the port opens and
         # the probes answer (readiness 503 "warming") while it runs.
         reconciler.start()
-        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
+        metrics.attach(store, reconciler, loader, hub)
+        monitor = asyncio.create_task(metrics.monitor(), name="sessions-monitor")
         logger.info(
             "serving sessions",
             extra={
@@ -134,7 +135,8 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         "live": LivenessEndpoint(),
         "ready": ReadinessEndpoint(),
         "metrics": MetricsEndpoint(),
-        "openapi": OpenAPIEndpoint(),
+        "openapi": OpenAPIEndpoint(token_required=settings.api_token is not None),
+        "problem_type": ProblemTypeEndpoint(),
     }
     routes = [
         # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check
@@ -144,6 +146,10 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         for path in spec.paths
     ]
     middleware = [Middleware(RequestObserver, metrics=metrics)]
+    if settings.cors_origins:
+        # Outside the token check: a preflight carries no credentials, and a 401 must reach the
+        # page with the headers that let it read it.
+        middleware.append(Middleware(Cors, origins=settings.cors_origins))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
     middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))

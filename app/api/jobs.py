@@ -18,7 +18,7 @@ from app.api.etags import etag_matches
 from app.api.listing import next_link, parse_job_query, parse_list_query
 from app.api.prefer import requested_wait
 from app.api.routes import JOB_PREFIX, JOBS
-from app.api.watches import long_poll, watch_collection, watch_job
+from app.api.watches import long_poll, sse_refusal, watch_collection, watch_job
 from app.errors import InvalidJobId, ServiceError, Warming
 from app.store.sessionfile import is_job_id
 from app.store.store import SessionStore
@@ -105,8 +105,9 @@ class ApiFastPath:
                 raise Warming("the service is warming up; try again shortly (readiness says when it is ready)")
             await endpoint(scope, receive, send)
         except ServiceError as exc:
-            response = await problems.service_error(Request(scope), exc)
-            await response(scope, receive, send)
+            if await sse_refusal(scope, send, exc):
+                return
+            await problems.error_response(exc)(scope, receive, send)
         except HTTPException as exc:
             response = await problems.http_error(Request(scope), exc)
             await response(scope, receive, send)

@@ -10,8 +10,8 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from app.errors import BadRequest
-from app.store.index import AFTER, Key
-from app.store.sessionfile import FINISHED_STATUSES, is_job_id
+from app.store.index import AFTER, Key, SessionFilter
+from app.store.sessionfile import is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -20,23 +20,11 @@ MAX_STATUSES = 64
 MAX_VALUE_LENGTH = 1024
 # What a query may hold as is inside Link: <...>; anything else (<, >, ", spaces) is escaped.
 _SAFE_IN_LINK = "&=%+,-._~:/!$'()*;@"
-_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-
-
-class SessionFilter(NamedTuple):
-    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
-
-    statuses: frozenset[str] | None
-    user_id: str | None
-    include_saved: bool
-
-    def matches(self, status: str | None, user_id: str | None) -> bool:
-        """The index's rule (app.store.index): a status that is not a string matches no status filter."""
-        return (
-            (self.statuses is None or status in self.statuses)
-            and (self.user_id is None or user_id == self.user_id)
-            and (self.include_saved or status not in FINISHED_STATUSES)
-        )
+# The spellings FastAPI (pydantic) accepts, which the job API's callers send; any case.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on", "t", "y"), True),
+    **dict.fromkeys(("false", "0", "no", "off", "f", "n"), False),
+}
 
 
 class ListQuery(NamedTuple):
@@ -49,16 +37,19 @@ class ListQuery(NamedTuple):
     watch: bool = False
     revision: str | None = None  # watch from here (SPEC §6)
 
-    @property
-    def filter(self) -> SessionFilter:
-        return SessionFilter(self.statuses, self.user_id, self.include_saved)
+    def filter(self, finished: frozenset[str]) -> SessionFilter:
+        """The query's filters, where `finished` is what include_saved=false leaves out."""
+        return SessionFilter(self.statuses, self.user_id, self.include_saved, finished)
 
 
 def parse_boolean(name: str, value: str) -> bool:
     try:
         return _BOOLEANS[value.lower()]
     except KeyError:
-        raise BadRequest(f"{name} must be true, false, 1 or 0, not {value[:40]!r}") from None
+        raise BadRequest(
+            f"{name} must be a boolean (true, false, 1, 0, yes, no, on, off, t, f, y or n, in any case), "
+            f"not {value[:40]!r}"
+        ) from None
 
 
 def encode_cursor(key: Key) -> str:

@@ -6,11 +6,13 @@ import hmac
 import random
 import re
 import time
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem
+from app.api.problems import error_response
 from app.api.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.errors import Unauthorized
 from app.ops.logs import access_log
 from app.ops.metrics import Metrics
 
@@ -67,8 +69,11 @@ class RequestObserver:
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <token>` under /api/; probes, metrics and the OpenAPI
-    document stay open for the platform."""
+    """Requires the token under /api/: `Authorization: Bearer <token>`, or on GET and HEAD the
+    `access_token` query parameter (RFC 6750), for browsers, whose EventSource cannot send a
+    header. The parameter is taken out of the query before anything else sees it, so that no
+    log, Link header or problem detail can repeat it (docs/browsers.md). Probes, metrics, the
+    OpenAPI document and the page stay open for the platform."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -81,26 +86,40 @@ class BearerAuth:
                 if name == b"authorization":
                     credentials = value
                     break
+            query_token = None
+            if b"access_token" in scope["query_string"]:
+                query_token, scope["query_string"] = take_access_token(scope["query_string"])
             if credentials is None:
-                response = problem(
-                    401,
-                    "Unauthorized",
-                    "send Authorization: Bearer <token>",
-                    "/problems/unauthorized",
-                    {"WWW-Authenticate": 'Bearer realm="sessions"'},
-                )
-                await response(scope, receive, send)
-                return
-            scheme, _, token = credentials.partition(b" ")
+                if query_token is None or scope["method"] not in ("GET", "HEAD"):
+                    await _refuse(scope, receive, send, "send Authorization: Bearer <token>", "")
+                    return
+                token = query_token
+            else:
+                scheme, _, token = credentials.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    token = b""
             # compare_digest: the time taken must not tell how much of a guess was right.
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
-                response = problem(
-                    401,
-                    "Unauthorized",
-                    "the bearer token is not valid",
-                    "/problems/unauthorized",
-                    {"WWW-Authenticate": 'Bearer realm="sessions", error="invalid_token"'},
-                )
-                await response(scope, receive, send)
+            if not token or not hmac.compare_digest(token.strip(), self._token):
+                await _refuse(scope, receive, send, "the bearer token is not valid", ', error="invalid_token"')
                 return
         await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str, error: str) -> None:
+    response = error_response(Unauthorized(detail, f'Bearer realm="sessions"{error}'))
+    await response(scope, receive, send)
+
+
+def take_access_token(query_string: bytes) -> tuple[bytes | None, bytes]:
+    """(the `access_token` parameter's value, percent-decoded; the query without it). A query
+    that gives it twice yields b"" (no token matches it): RFC 6750 allows one."""
+    kept: list[bytes] = []
+    found: list[bytes] = []
+    for part in query_string.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"access_token":
+            found.append(unquote_to_bytes(value.replace(b"+", b" ")))
+        elif part:
+            kept.append(part)
+    token = found[0] if len(found) == 1 else (b"" if found else None)
+    return token, b"&".join(kept)

@@ -10,6 +10,8 @@ from starlette.types import Scope
 JOBS = "/api/v2/jobs"
 JOB = "/api/v2/jobs/{job_id}"
 JOB_PREFIX = "/api/v2/jobs/"
+PROBLEM_TYPE = "/problems/{name}"
+PROBLEM_PREFIX = "/problems/"
 # Labels of requests that are not plain reads: a stream's duration is its lifetime, a long poll's
 # its wait, so they are kept apart from the latency of reads.
 JOBS_WATCH = JOBS + "?watch"
@@ -40,6 +42,7 @@ ROUTES = (
     RouteSpec("/readyz", ("/readyz",), "ready", True),
     RouteSpec("/metrics", ("/metrics",), "metrics", True),
     RouteSpec("/openapi.json", ("/openapi.json",), "openapi", True),
+    RouteSpec(PROBLEM_TYPE, (PROBLEM_TYPE,), "problem_type", True),
 )
 LABELS = frozenset({spec.template for spec in ROUTES} | {JOBS_WATCH, JOB_WATCH, JOB_WAIT, "unmatched"})
 _BY_PATH = {path: spec.template for spec in ROUTES for path in spec.paths if "{" not in path}
@@ -52,6 +55,8 @@ def route_template(path: str) -> str:
         return template
     if path.startswith(JOB_PREFIX):
         return JOB
+    if path.startswith(PROBLEM_PREFIX):
+        return PROBLEM_TYPE
     return "unmatched"
 
 

@@ -12,14 +12,14 @@ from starlette.types import Receive, Scope, Send
 
 from app.api import prefer, problems, routes
 from app.api.etags import etag_matches, normalize
-from app.api.listing import ListQuery, SessionFilter
+from app.api.listing import ListQuery, parse_job_query, parse_list_query
 from app.changes import events
 from app.changes.events import Format
 from app.changes.hub import ChangeHub
-from app.changes.streams import JobStream, Kind, Stream, until_disconnect
-from app.errors import RevisionExpired, ServiceError
-from app.server.httpprotocol import STREAM_WRITE
+from app.changes.streams import STREAM_WRITE, JobStream, Kind, Stream, until_disconnect
+from app.errors import BadRequest, RevisionExpired, ServiceError
 from app.store.changelog import Expired, StoreChange
+from app.store.index import SessionFilter
 from app.store.sessionfile import Document
 
 # While sending an initial state or catching up: at most this many events per read of the log,
@@ -42,11 +42,15 @@ def _stream_headers(format: Format) -> list[tuple[bytes, bytes]]:
         (b"cache-control", b"no-cache"),
         # nginx (ingress-nginx) buffers responses unless told not to: events would wait there.
         (b"x-accel-buffering", b"no"),
+        # NDJSON or SSE by the Accept header: a cache must not answer one with the other.
+        (b"vary", b"Accept"),
     ]
 
 
 async def _start(send: Send, format: Format) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(format)})
+    if format is Format.SSE:
+        await send({"type": "http.response.body", "body": events.retry(), "more_body": True})
 
 
 async def _headers_only(send: Send, format: Format) -> None:
@@ -72,6 +76,56 @@ def collection_event(filter: SessionFilter, change: StoreChange) -> tuple[bytes,
     return None
 
 
+# --- what an EventSource cannot take: refusals as a stream that ends ---------------------------------
+
+
+def is_sse_watch(scope: Scope) -> bool:
+    """Whether the request is a watch that asks for Server-Sent Events (an EventSource)."""
+    query_string: bytes = scope["query_string"]
+    if b"watch" not in query_string and b"%" not in query_string:
+        return False
+    if Format.for_accept(header(scope, b"accept")) is not Format.SSE:
+        return False
+    try:
+        if scope["path"] in (routes.JOBS, routes.JOB_PREFIX):
+            return parse_list_query(query_string).watch
+        return parse_job_query(query_string)
+    except BadRequest:
+        return False
+
+
+async def sse_refusal(scope: Scope, send: Send, exc: ServiceError) -> bool:
+    """Answer a refused SSE watch so that an EventSource recovers by itself; False when this
+    refusal is not one to answer so (only a 410 and a 503 are; NDJSON callers get the status).
+
+    An EventSource closes for good on any status but 200, and does not expose the status. So the
+    refusal is a 200 stream that ends at once, carrying the problem in an ERROR event and a
+    `retry:`: the browser reconnects after it. For a 410 (an expired revision) the ERROR event
+    also carries an empty `id`, which clears the browser's last event id: it reconnects without
+    one and gets a fresh initial state, and the page, told by the ERROR, resets its copy. For a
+    503 (warming, draining, the stream limit) the last id is kept, and `retry:` is the
+    Retry-After: the browser resumes where it was once the service can take it."""
+    found = problems.problem_of(exc)
+    if found.status not in (410, 503) or not is_sse_watch(scope):
+        return False
+    scope[routes.LABEL_KEY] = (
+        routes.JOBS_WATCH if scope["path"] in (routes.JOBS, routes.JOB_PREFIX) else routes.JOB_WATCH
+    )
+    hub: ChangeHub | None = scope["state"].get("hub")
+    revision = hub.token(hub.delivered) if hub is not None else b""
+    retry_s = float(found.retry_after) if found.retry_after is not None else None
+    body = events.retry(retry_s) + events.encode(
+        Format.SSE,
+        events.ERROR,
+        revision,
+        problems.error_body(exc),
+        event_id=b"" if found.status == 410 else None,
+    )
+    await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(Format.SSE)})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+    return True
+
+
 # --- GET /api/v2/jobs?watch=true ---------------------------------------------------------------
 
 
@@ -87,6 +141,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
         try:
             position = hub.store.log.parse(token)
         except Expired:
+            # An EventSource would close for good on a 410: sse_refusal turns it into a reset.
             raise RevisionExpired(
                 f"revision {token[:80]!r} is not in this replica's history (another replica's, from before a "
                 "restart, or too old): list again and watch from the list's X-Revision"
@@ -98,7 +153,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
         return
     stream = Stream(Kind.COLLECTION, format, hub.touch)
     hub.open_stream(stream)
-    filter = query.filter
+    filter = query.filter(hub.store.finished_statuses)
     try:
         await _start(send, format)
         if position is None:
@@ -162,11 +217,12 @@ async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, posit
                 events.error(
                     format,
                     hub.token(hub.delivered),
-                    410,
-                    "Revision expired",
-                    "the changes since this stream's revision are no longer held: list again and watch from "
-                    "the list's X-Revision",
-                    "/problems/revision-expired",
+                    problems.error_body(
+                        RevisionExpired(
+                            "the changes since this stream's revision are no longer held: list again and watch "
+                            "from the list's X-Revision"
+                        )
+                    ),
                 )
             )
             return False
@@ -299,10 +355,8 @@ async def _wait_and_answer(
             if current is None:
                 current = await scope["state"]["loader"].load(job_id)
         except ServiceError as exc:  # deleted (404), or unreadable now (503)
-            headers = {"Preference-Applied": applied[1].decode()}
-            if exc.retry_after is not None:
-                headers["Retry-After"] = exc.retry_after
-            await problems.problem(exc.status, exc.title, exc.detail, exc.type, headers)(scope, receive, send)
+            response = problems.error_response(exc, {"Preference-Applied": applied[1].decode()})
+            await response(scope, receive, send)
             return reason
         if current.etag == document.etag and loop.time() < deadline:
             continue  # changed and changed back before we looked: still the client's version

@@ -5,10 +5,9 @@ by every stream that wants it (SPEC §6)."""
 from __future__ import annotations
 
 import enum
+import random
 
 import orjson
-
-from app.api.problems import problem_body
 
 
 class Format(enum.Enum):
@@ -83,5 +82,18 @@ def one_line(document: bytes) -> bytes:
     return document
 
 
-def error(format: Format, revision: bytes, status: int, title: str, detail: str, type_: str) -> bytes:
-    return encode(format, ERROR, revision, problem_body(status, title, detail, type_))
+def error(format: Format, revision: bytes, problem: bytes) -> bytes:
+    """An ERROR event; `problem` is the problem document (app.api.problems builds it)."""
+    return encode(format, ERROR, revision, problem)
+
+
+# An EventSource reconnects this long after its stream ends: spread, so that the pages of a
+# replica that went away do not all come back in the same instant (docs/browsers.md).
+RETRY_S = (1.0, 3.0)
+
+
+def retry(seconds: float | None = None) -> bytes:
+    """An SSE `retry:` field (milliseconds) in a block of its own, which dispatches no event:
+    the stream's spread by default, or `seconds` (a Retry-After) to twice that."""
+    low, high = RETRY_S if seconds is None else (seconds, 2 * seconds)
+    return b"retry: %d\n\n" % round(random.uniform(low, high) * 1000)

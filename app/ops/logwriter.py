@@ -69,8 +69,8 @@ class LogWriter:
         except OSError:
             mode = 0
         # Writes to a pipe or socket of at most PIPE_BUF bytes are never interleaved with other
-        # processes' writes (the workers of `--workers N` share the supervisor's stdout): cut at
-        # line ends into pieces of that size there. A file takes one large write.
+        # processes' writes (a wrapper or sidecar may share the container's stdout): cut at line
+        # ends into pieces of that size there. A file takes one large write.
         self._piece_bytes = select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 1 << 62
         self._queue: deque[bytes | Entry] = deque()  # lines and entries, oldest first
         self.formatter: Callable[..., bytes] | None = None  # makes an entry into its line

@@ -10,16 +10,34 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
+from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
-from app.store.sessionfile import FINISHED_STATUSES
+from app.settings import FINISHED_STATUSES
 
 # (-updated instant in ns, job id, summary JSON): ascending is newest first, then by job id. The
 # first two are unique, so the JSON is never compared: it rides along so that a page is read
 # straight off the sorted keys. A cursor is (instant, job id, AFTER): just past that session.
 Key = tuple[int, str, bytes]
 AFTER = b"\xff"  # sorts after any JSON text
+
+
+class SessionFilter(NamedTuple):
+    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
+
+    statuses: frozenset[str] | None
+    user_id: str | None
+    include_saved: bool
+    finished: frozenset[str] = FINISHED_STATUSES  # what include_saved=false leaves out (a setting)
+
+    def matches(self, status: str | None, user_id: str | None) -> bool:
+        """The index's rule: a status that is not a string matches no status filter."""
+        return (
+            (self.statuses is None or status in self.statuses)
+            and (self.user_id is None or user_id == self.user_id)
+            and (self.include_saved or status not in self.finished)
+        )
 
 
 class _Group:
@@ -66,9 +84,10 @@ class _Facets:
     """One population of sessions (everyone's, or one user's) sorted three ways, so that each
     filter the API offers reads one group, or a few for a list of statuses."""
 
-    __slots__ = ("all", "active", "by_status")
+    __slots__ = ("all", "active", "by_status", "finished")
 
-    def __init__(self) -> None:
+    def __init__(self, finished: frozenset[str]) -> None:
+        self.finished = finished  # the statuses include_saved=false leaves out
         self.all = _Group()
         self.active = _Group()  # not finished: what include_saved=false lists
         self.by_status: dict[str | None, _Group] = {}
@@ -78,7 +97,7 @@ class _Facets:
 
     def add(self, key: Key, status: str | None) -> None:
         self.all.add(key)
-        if status not in FINISHED_STATUSES:
+        if status not in self.finished:
             self.active.add(key)
         group = self.by_status.get(status)
         if group is None:
@@ -87,7 +106,7 @@ class _Facets:
 
     def remove(self, key: Key, status: str | None) -> None:
         self.all.discard(key)
-        if status not in FINISHED_STATUSES:
+        if status not in self.finished:
             self.active.discard(key)
         group = self.by_status[status]
         group.discard(key)
@@ -101,14 +120,14 @@ class _Facets:
         return [
             by_status[status]
             for status in statuses
-            if status in by_status and (include_saved or status not in FINISHED_STATUSES)
+            if status in by_status and (include_saved or status not in self.finished)
         ]
 
     @classmethod
-    def of(cls, items: list[tuple[Key, str | None]]) -> _Facets:
-        facets = cls()
+    def of(cls, items: list[tuple[Key, str | None]], finished: frozenset[str]) -> _Facets:
+        facets = cls(finished)
         facets.all = _Group.of([key for key, _ in items])
-        facets.active = _Group.of([key for key, status in items if status not in FINISHED_STATUSES])
+        facets.active = _Group.of([key for key, status in items if status not in finished])
         by_status: dict[str | None, list[Key]] = {}
         for key, status in items:
             by_status.setdefault(status, []).append(key)
@@ -117,10 +136,12 @@ class _Facets:
 
 
 class SessionIndex:
-    """Keys of valid sessions in list order: everyone's, and each user's, in facets."""
+    """Keys of valid sessions in list order: everyone's, and each user's, in facets.
+    `finished`: the statuses that include_saved=false leaves out (a setting)."""
 
-    def __init__(self) -> None:
-        self._everyone = _Facets()
+    def __init__(self, finished: frozenset[str] = FINISHED_STATUSES) -> None:
+        self.finished = finished
+        self._everyone = _Facets(finished)
         self._by_user: dict[str | None, _Facets] = {}
 
     def __len__(self) -> int:
@@ -130,7 +151,7 @@ class SessionIndex:
         self._everyone.add(key, status)
         facets = self._by_user.get(user_id)
         if facets is None:
-            facets = self._by_user[user_id] = _Facets()
+            facets = self._by_user[user_id] = _Facets(self.finished)
         facets.add(key, status)
 
     def remove(self, key: Key, status: str | None, user_id: str | None) -> None:
@@ -141,17 +162,19 @@ class SessionIndex:
             del self._by_user[user_id]
 
     @classmethod
-    def build(cls, items: Iterable[tuple[Key, str | None, str | None]]) -> SessionIndex:
+    def build(
+        cls, items: Iterable[tuple[Key, str | None, str | None]], finished: frozenset[str] = FINISHED_STATUSES
+    ) -> SessionIndex:
         """An index of many items at once: a sort per group instead of an insert per item
         (what makes a 100,000-file warm-up cheap)."""
-        index = cls()
+        index = cls(finished)
         everyone: list[tuple[Key, str | None]] = []
         by_user: dict[str | None, list[tuple[Key, str | None]]] = {}
         for key, status, user_id in items:
             everyone.append((key, status))
             by_user.setdefault(user_id, []).append((key, status))
-        index._everyone = _Facets.of(everyone)
-        index._by_user = {user_id: _Facets.of(user_items) for user_id, user_items in by_user.items()}
+        index._everyone = _Facets.of(everyone, finished)
+        index._by_user = {user_id: _Facets.of(user_items, finished) for user_id, user_items in by_user.items()}
         return index
 
     def keys(self, *, statuses: Collection[str] | None, user_id: str | None, include_saved: bool) -> list[Key]:

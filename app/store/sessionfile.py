@@ -26,7 +26,6 @@ from app.store.timestamps import instant_ns
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 SUFFIX = ".json"
-FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 _BOM = b"\xef\xbb\xbf"
 
 

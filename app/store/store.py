@@ -23,9 +23,11 @@ from app.errors import (
     TemporarilyUnavailable,
     TransientReadError,
 )
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.cache import DocumentCache
 from app.store.changelog import ChangeLog, StoreChange
+from app.store.entry import Entry
 from app.store.index import Key, SessionIndex
 from app.store.sessionfile import Document, LoadedFile
 
@@ -42,27 +44,6 @@ class Change(enum.Enum):
     STALE = "stale"  # a served session's file turned invalid: still served, marked stale
     INVALID = "invalid"  # a file that was never valid is (still) invalid
     DELETED = "deleted"
-
-
-class Entry:
-    """A valid session (or the last valid version of one whose file is invalid now): what the
-    index and lists need, kept for every session, cached or not. Kept small: one per file."""
-
-    __slots__ = ("key", "status", "user_id", "signature", "etag")
-
-    def __init__(self, loaded: LoadedFile) -> None:
-        summary = loaded.summary
-        self.key = summary.key  # its list position and list item: see app.store.index
-        self.status = summary.status
-        self.user_id = summary.user_id
-        self.signature = loaded.signature
-        # What "unchanged" is decided on, cached or not; the document's own bytes object, so
-        # it costs nothing while the document is cached.
-        self.etag = loaded.document.etag
-
-    @property
-    def summary(self) -> bytes:
-        return self.key[2]
 
 
 class Invalid:
@@ -88,11 +69,13 @@ class SessionStore:
         cache_max_bytes: int,
         max_file_bytes: int,
         history: int = 100_000,
+        finished_statuses: frozenset[str] = FINISHED_STATUSES,
     ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.finished_statuses = finished_statuses  # what include_saved=false leaves out
         self._lock = threading.Lock()
-        self._index = SessionIndex()
+        self._index = SessionIndex(finished_statuses)
         self._entries: dict[str, Entry] = {}
         self._invalid: dict[str, Invalid] = {}
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
@@ -281,7 +264,9 @@ class SessionStore:
 
     def finish_warm_up(self) -> None:
         entries = list(self._entries.values())
-        index = SessionIndex.build((entry.key, entry.status, entry.user_id) for entry in entries)
+        index = SessionIndex.build(
+            ((entry.key, entry.status, entry.user_id) for entry in entries), self.finished_statuses
+        )
         with self._lock:
             self._index = index
             self._warming = None
