@@ -120,3 +120,20 @@ def test_the_example_runs_against_a_real_server(example: Example, server: tuple[
     report += f"--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
     assert done.returncode == 0, report
     assert "Traceback" not in done.stderr, report
+
+
+def test_every_metric_the_server_exposes_is_in_the_operations_table(server: tuple[Server, Path]) -> None:
+    # Not an example, but the same drift on the same server: a metric added without its row.
+    from tests.ops_support import scrape
+
+    running, _ = server
+    families = scrape(running).families
+    exposed = {name for name in families if not name.startswith("process_") and not name.endswith("_created")}
+    rows = [line for line in (REPO / "docs" / "operations.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name.split("{")[0])
+        for row in rows
+        for name in re.findall(r"`(sessions_[a-z_]+(?:\{[^}]*\})?)`", row.split("|")[1])
+    }
+    assert "sessions_build_info" in exposed
+    assert exposed - documented == set(), "metrics missing from docs/operations.md"
