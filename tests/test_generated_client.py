@@ -16,8 +16,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 
+from app.api.application import create_app
+from app.api.openapi import build_openapi
+from app.settings import load_settings
 from tests.ops_support import wait_for_scrape
 from tests.support import REPO, Server, put_session, start_server
 
@@ -42,6 +46,20 @@ def generated(server: tuple[Server, Path], tmp_path_factory: pytest.TempPathFact
     where = tmp_path_factory.mktemp("generated")
     spec = where / "openapi.json"
     spec.write_bytes(server[0].get("/openapi.json").content)
+    generate(spec, where)
+    shutil.copy(CALLS, where / "calls.py")
+    sys.path.insert(0, str(where))
+    try:
+        yield where
+    finally:
+        sys.path.remove(str(where))
+        for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
+            del sys.modules[name]
+        sys.modules.pop("calls", None)
+
+
+def generate(spec: Path, where: Path) -> None:
+    """openapi-python-client's package `sessions_api` in `where`, from the document `spec`."""
     config = where / "config.yaml"
     config.write_text("post_hooks: []\n")  # no formatter run: the code is generated to be imported, not read
     result = subprocess.run(
@@ -55,15 +73,6 @@ def generated(server: tuple[Server, Path], tmp_path_factory: pytest.TempPathFact
     assert result.returncode == 0, result.stdout + result.stderr
     # A warning means a part of the document the generator could not turn into code.
     assert "Warning" not in result.stdout + result.stderr, result.stdout + result.stderr
-    shutil.copy(CALLS, where / "calls.py")
-    sys.path.insert(0, str(where))
-    try:
-        yield where
-    finally:
-        sys.path.remove(str(where))
-        for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
-            del sys.modules[name]
-        sys.modules.pop("calls", None)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +156,18 @@ def test_a_long_poll_with_prefer_wait(server: tuple[Server, Path], calls: Module
     assert changed.document["status"] == "running"
     assert changed.etag != current.etag
     assert changed.preference_applied == "wait=60"
+
+
+def test_with_a_token_the_generated_api_calls_take_an_authenticated_client(tmp_path: Path) -> None:
+    """The document of a service with a token (built in-process: generation is what is checked
+    here; the token's checks over HTTP are in test_auth)."""
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    app = create_app(load_settings({"SESSIONS_DIR": str(folder), "SESSIONS_API_TOKEN": "t0ken"}))
+    spec = tmp_path / "openapi.json"
+    spec.write_bytes(orjson.dumps(build_openapi(app.routes, token_required=True)))
+    generate(spec, tmp_path)
+    functions = tmp_path / PACKAGE / "api" / "default"
+    for module in ("get_job.py", "list_jobs.py"):
+        assert "    client: AuthenticatedClient,\n" in (functions / module).read_text(), module
+    assert "    client: AuthenticatedClient | Client,\n" in (functions / "livez.py").read_text()
