@@ -125,3 +125,19 @@ def test_the_front_pages_link_only_to_files_that_exist() -> None:
         missing = [target for target in local if not (page.parent / target).exists()]
         assert missing == [], (page, missing)
     assert len(re.findall(r"\]\(docs/", (REPO / "README.md").read_text())) >= 10  # the README links into the docs
+
+
+def test_code_cites_the_contract_by_anchors_that_exist(site: Path) -> None:
+    # Comments cite the contract page by anchor, as docs/contract.md#files (never a section number of a document outside the
+    # repository); each anchor must be a heading of the built page.
+    anchors = set(HEADING_ID.findall((site / "contract" / "index.html").read_text()))
+    cited: dict[str, set[str]] = {}
+    for folder in ("app", "client/src", "cluster", "tests", "tools"):
+        for path in (REPO / folder).rglob("*.py"):
+            text = path.read_text()
+            assert "SPEC \N{SECTION SIGN}" not in text, f"{path}: cite the contract page by its anchor instead"
+            for group in re.findall(r"docs/contract\.md((?:#[a-z-]+(?:, )?)+)", text):
+                cited.setdefault(str(path.relative_to(REPO)), set()).update(re.findall(r"#([a-z-]+)", group))
+    assert cited, "the code cites the contract"
+    unknown = {path: names - anchors for path, names in cited.items() if names - anchors}
+    assert unknown == {}
