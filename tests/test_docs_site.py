@@ -128,8 +128,8 @@ def test_the_front_pages_link_only_to_files_that_exist() -> None:
 
 
 def test_code_cites_the_contract_by_anchors_that_exist(site: Path) -> None:
-    # Comments cite the contract page by anchor, as docs/contract.md#files (never a section number of a document outside the
-    # repository); each anchor must be a heading of the built page.
+    # Comments cite the contract page by anchor, as docs/contract.md#files (never a section
+    # number of a document outside the repository); each anchor must be a heading of the page.
     anchors = set(HEADING_ID.findall((site / "contract" / "index.html").read_text()))
     cited: dict[str, set[str]] = {}
     for folder in ("app", "client/src", "cluster", "tests", "tools"):
