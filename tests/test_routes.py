@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.api.openapi import OPERATIONS
+from starlette.routing import Route
+
+from app.api.openapi import build_openapi
 from app.api.routes import API_PREFIX, JOB, JOB_WAIT, JOB_WATCH, JOBS, JOBS_WATCH, LABELS, ROUTES, match, may_stream
 
 
@@ -27,8 +29,14 @@ def test_the_token_guards_the_api_prefix_and_only_it() -> None:
 
 def test_labels_and_operations_come_from_the_entries() -> None:
     assert LABELS == {spec.template for spec in ROUTES} | {JOB_WATCH, JOB_WAIT, JOBS_WATCH, "unmatched"}
-    documented = {spec.template.rstrip("/") for spec in ROUTES}
-    assert documented == set(OPERATIONS)
+    document = build_openapi([Route(path, _nothing) for spec in ROUTES for path in spec.paths], token_required=True)
+    assert set(document["paths"]) == {spec.template for spec in ROUTES}
+    secured = {path for path, operations in document["paths"].items() if "security" in operations["get"]}
+    assert secured == {spec.template for spec in ROUTES if spec.auth}
+
+
+def _nothing() -> None:
+    pass
 
 
 def test_only_a_watch_on_a_route_with_streams_may_stream() -> None:

@@ -24,6 +24,7 @@ from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
+from app.api.problemtypes import ProblemTypeEndpoint
 from app.api.routes import ROUTES
 from app.changes.hub import ChangeHub
 from app.errors import ServiceError
@@ -134,7 +135,8 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         "live": LivenessEndpoint(),
         "ready": ReadinessEndpoint(),
         "metrics": MetricsEndpoint(),
-        "openapi": OpenAPIEndpoint(),
+        "openapi": OpenAPIEndpoint(token_required=settings.api_token is not None),
+        "problem_type": ProblemTypeEndpoint(),
     }
     routes = [
         # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check

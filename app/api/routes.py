@@ -14,6 +14,7 @@ from starlette.types import Scope
 JOBS = "/api/v2/jobs"
 JOB = "/api/v2/jobs/{job_id}"
 JOB_PREFIX = "/api/v2/jobs/"
+PROBLEM_TYPE = "/problems/{name}"
 # Labels of requests that are not plain reads: a stream's duration is its lifetime, a long poll's
 # its wait, so they are kept apart from the latency of reads.
 JOBS_WATCH = JOBS + "?watch"
@@ -54,6 +55,7 @@ ROUTES = (
     RouteSpec("/readyz", ("/readyz",), "ready", True),
     RouteSpec("/metrics", ("/metrics",), "metrics", True),
     RouteSpec("/openapi.json", ("/openapi.json",), "openapi", True),
+    RouteSpec(PROBLEM_TYPE, (PROBLEM_TYPE,), "problem_type", True),
 )
 LABELS = frozenset(
     {spec.template for spec in ROUTES} | {label for spec in ROUTES for label in spec.labels} | {"unmatched"}
