@@ -1,5 +1,6 @@
-"""`python -m app [--host H] [--port P]` serves; `python -m app check [DIR]`
-validates a sessions folder offline. A bad setting exits with status 2 before listening."""
+"""`python -m app [--host H] [--port P]` serves; `python -m app check [DIR]` validates a sessions
+folder offline; `python -m app --version` prints the version. A bad setting exits with status 2
+before listening."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from app import __version__
 from app.settings import SettingsError, load_settings
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Serve job sessions from a folder.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     return parser

@@ -1,4 +1,4 @@
-"""Start-up, readiness, shutdown (SPEC §1, §4 probes, §5 shutdown) and the single-flight loader."""
+"""Start-up, readiness, shutdown (docs/contract.md#what-it-is, #probes, #promises) and the single-flight loader."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """GET /metrics: Prometheus text, parsed with prometheus-client's own parser, whose figures move
-as requests, cache misses, evictions and file changes happen (SPEC §4 "Probes and operations")."""
+as requests, cache misses, evictions and file changes happen (docs/contract.md#probes)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from app.api.routes import route_template
 from app.settings import load_settings
 from tests.support import REPO, Server, put_session
 
-SPEC_JOB_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # SPEC §3
+SPEC_JOB_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # docs/contract.md#files
 
 
 @pytest.fixture

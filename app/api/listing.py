@@ -35,7 +35,7 @@ class ListQuery(NamedTuple):
     after: Key | None
     base: str  # the query as sent, less the cursor
     watch: bool = False
-    revision: str | None = None  # watch from here (SPEC §6)
+    revision: str | None = None  # watch from here (docs/contract.md#revisions)
 
     def filter(self, finished: frozenset[str]) -> SessionFilter:
         """The query's filters, where `finished` is what include_saved=false leaves out."""

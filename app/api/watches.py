@@ -1,4 +1,4 @@
-"""The change stream's HTTP side (SPEC §6): watching the collection, watching one job, and the
+"""The change stream's HTTP side (docs/contract.md#change-stream): watching the collection, watching one job, and the
 long poll. Each is a plain ASGI coroutine: it validates, is admitted by the hub (or refused
 with a 503), writes what the client is missing, then pumps live events until the stream ends."""
 

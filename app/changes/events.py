@@ -1,6 +1,6 @@
 """Change-stream events as bytes on the wire: NDJSON (one JSON object a line) or Server-Sent
 Events (`id:`, `event:`, `data:`). An event is encoded once per format and filter, then shared
-by every stream that wants it (SPEC §6)."""
+by every stream that wants it (docs/contract.md#change-stream)."""
 
 from __future__ import annotations
 

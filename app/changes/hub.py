@@ -1,4 +1,4 @@
-"""The change hub: from the store's change log to every stream and waiting request (SPEC §6).
+"""The change hub: from the store's change log to every stream and waiting request (docs/contract.md#change-stream).
 
 The reconciler thread applies a batch of changes, then calls `notify` once; `notify` schedules
 one delivery on the event loop (behind a "scheduled" flag, so a burst costs one wake-up). A

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
+from app import __version__
 from app.changes.events import TYPES as EVENT_TYPES
 from app.changes.hub import LAG_BUCKETS as STREAM_LAG_BUCKETS
 from app.changes.streams import End
@@ -130,6 +131,13 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
+        # The running version as a label (value 1), as exporters do: dashboards and alerts join
+        # on it to tell which build a replica runs during a rolling update.
+        build = GaugeMetricFamily(
+            "sessions_build_info", "1, labelled with the version this process runs.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
         yield from self._requests()
         if metrics.store is not None:
             yield from self._store(metrics.store)

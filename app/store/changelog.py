@@ -1,4 +1,4 @@
-"""Revisions and the change log: what a watch resumes from (SPEC §6).
+"""Revisions and the change log: what a watch resumes from (docs/contract.md#revisions).
 
 A revision names one process's history: `<boot id>.<counter>`, where the boot id is random per
 process. A token from another replica, or from this replica before a restart, carries another
@@ -20,7 +20,7 @@ from typing import NamedTuple
 from app.errors import InvalidRevision
 from app.store.entry import Entry
 
-# SPEC §6: at most 64 characters of A-Za-z0-9._-
+# docs/contract.md#revisions: at most 64 characters of A-Za-z0-9._-
 REVISION_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _REVISION = re.compile(REVISION_PATTERN)
 _OURS = re.compile(r"([a-z2-7]{12})\.(\d{1,19})")

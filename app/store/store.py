@@ -81,7 +81,7 @@ class SessionStore:
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
         self._cache = DocumentCache(cache_max_entries, cache_max_bytes)
         self._warming: list[tuple[int, str]] | None = []  # heap of cached (instant, id) while warming
-        # The revision of the last change to what is served (SPEC §6), and the log of the last
+        # The revision of the last change to what is served (docs/contract.md#revisions), and the log of the last
         # `history` changes that watches resume from. Both change under the lock only.
         self.revision = 0
         self.log = ChangeLog(history)

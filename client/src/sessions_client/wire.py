@@ -14,7 +14,7 @@ from sessions_client.models import Page, Session, Summary
 
 JOBS = "/api/v2/jobs"
 NDJSON = "application/x-ndjson"
-# SPEC §3; checked here because httpx would resolve a job id such as ".." inside the URL.
+# docs/contract.md#files; checked here because httpx would resolve a job id such as ".." inside the URL.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Events are one line; a job watch's carries a whole document (SESSIONS_MAX_FILE_BYTES, 8 MiB by
 # default). A line past this is no event of this service: the stream is dropped and resumed.
