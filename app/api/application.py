@@ -152,7 +152,7 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         middleware.append(Middleware(Cors, origins=settings.cors_origins))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
-    middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))
+    middleware.append(Middleware(ApiFastPath, endpoints=endpoints))
     app = Starlette(
         routes=routes,
         middleware=middleware,

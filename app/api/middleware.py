@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import error_response
-from app.api.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.api.routes import API_PREFIX, CLIENT_GONE, CLIENT_GONE_KEY, route_label
 from app.errors import Unauthorized
 from app.ops.logs import access_log
 from app.ops.metrics import Metrics
@@ -80,7 +80,7 @@ class BearerAuth:
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
             credentials = None
             for name, value in scope["headers"]:
                 if name == b"authorization":

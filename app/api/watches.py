@@ -87,7 +87,7 @@ def is_sse_watch(scope: Scope) -> bool:
     if Format.for_accept(header(scope, b"accept")) is not Format.SSE:
         return False
     try:
-        if scope["path"] in (routes.JOBS, routes.JOB_PREFIX):
+        if routes.route_template(scope["path"]) == routes.JOBS:
             return parse_list_query(query_string).watch
         return parse_job_query(query_string)
     except BadRequest:
@@ -109,7 +109,7 @@ async def sse_refusal(scope: Scope, send: Send, exc: ServiceError) -> bool:
     if found.status not in (410, 503) or not is_sse_watch(scope):
         return False
     scope[routes.LABEL_KEY] = (
-        routes.JOBS_WATCH if scope["path"] in (routes.JOBS, routes.JOB_PREFIX) else routes.JOB_WATCH
+        routes.JOBS_WATCH if routes.route_template(scope["path"]) == routes.JOBS else routes.JOB_WATCH
     )
     hub: ChangeHub | None = scope["state"].get("hub")
     revision = hub.token(hub.delivered) if hub is not None else b""

@@ -34,6 +34,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.api.problems import PROBLEM_JSON, error_body
+from app.api.routes import may_stream
 from app.changes.streams import STREAM_WRITE
 from app.errors import HeadTooLarge
 from app.lifecycle import DRAINING
@@ -118,7 +119,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = -1
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope and b"watch" in self.scope["query_string"]:
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and may_stream(self.scope["path"], self.scope["query_string"])
+        ):
             # Perhaps a stream: count its writes, for the stalled-reader check, and let it write
             # its events straight to the transport.
             self.counting = counting = CountingTransport(self.transport)
