@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
+import app.api.application  # noqa: F401  (registers the job path convertor the table names)
 from app.api.openapi import build_openapi
 from app.api.routes import API_PREFIX, JOB, JOB_WAIT, JOB_WATCH, JOBS, JOBS_WATCH, LABELS, ROUTES, match, may_stream
 
