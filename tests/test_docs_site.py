@@ -159,3 +159,12 @@ def test_the_architecture_page_names_every_module_in_its_package() -> None:
     for module in sorted((REPO / "app").glob("*.py")):
         if module.name != "__init__.py":
             assert f"`{module.stem}`" in shared, f"{module} is missing from docs/architecture.md"
+
+
+def test_the_readme_is_a_front_page() -> None:
+    # What the service is, the commands, a tour, examples and links: the reference is the site.
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+    text = "\n".join(lines)
+    assert text.index("make run") < text.index("```python"), "the commands come first"
+    assert 'addEventListener("ADDED"' in text

@@ -3,6 +3,7 @@ shows it shows that value: `python -m app --version`, /openapi.json and sessions
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,14 @@ def test_the_changelog_names_it() -> None:
     releases = [line for line in text.splitlines() if line.startswith("## [")]
     assert releases[0] == "## [Unreleased]"
     assert releases[1].startswith(f"## [{VERSION}] - "), releases[1]
+
+
+def test_the_image_and_the_manifests_name_it() -> None:
+    # An image is built and deployed by tag, and a tag cannot be read from the package: the
+    # places that name one are checked against the package's version instead.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.findall(r'org\.opencontainers\.image\.version="([^"]+)"', dockerfile) == [VERSION]
+    assert f"job-session-service:{VERSION} ." in dockerfile
+    kubernetes = REPO / "deploy" / "kubernetes"
+    assert f"job-session-service:{VERSION}\n" in (kubernetes / "deployment.yaml").read_text()
+    assert f"newTag: {VERSION}\n" in (kubernetes / "kustomization.yaml").read_text()
