@@ -141,3 +141,21 @@ def test_code_cites_the_contract_by_anchors_that_exist(site: Path) -> None:
     assert cited, "the code cites the contract"
     unknown = {path: names - anchors for path, names in cited.items() if names - anchors}
     assert unknown == {}
+
+
+def test_the_architecture_page_names_every_module_in_its_package() -> None:
+    rows = {
+        cells[1].strip(" `"): cells[3]
+        for line in (REPO / "docs" / "architecture.md").read_text().splitlines()
+        if line.startswith("| `app/") and len(cells := line.split("|")) > 4
+    }
+    for package in sorted(path for path in (REPO / "app").iterdir() if (path / "__init__.py").is_file()):
+        row = rows.get(f"app/{package.name}/")
+        assert row is not None, f"app/{package.name}/ has no row in docs/architecture.md"
+        for module in sorted(package.glob("*.py")):
+            if module.name != "__init__.py":
+                assert f"`{module.stem}`" in row, f"{module} is missing from its row in docs/architecture.md"
+    shared = rows["app/"]
+    for module in sorted((REPO / "app").glob("*.py")):
+        if module.name != "__init__.py":
+            assert f"`{module.stem}`" in shared, f"{module} is missing from docs/architecture.md"

@@ -16,14 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def openapi_document() -> dict[str, Any]:
-    """Build the application as `python -m app` does over the demo folder, with a token set so
-    that the reference shows the security the API has when one is configured."""
+    """Build the application as `python -m app` does over the demo folder, with a token set, and
+    its document as /openapi.json serves it then: with the security a token adds."""
     from app.api.application import create_app
     from app.api.openapi import build_openapi
     from app.settings import load_settings
 
     settings = load_settings({"SESSIONS_DIR": str(REPO / "data" / "sessions"), "SESSIONS_API_TOKEN": "docs"})
-    return build_openapi(create_app(settings).routes)
+    return build_openapi(create_app(settings).routes, token_required=settings.api_token is not None)
 
 
 def _cell(text: object) -> str:
@@ -73,25 +73,28 @@ def _responses(responses: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _security(operation: dict[str, Any]) -> str:
-    requirements = operation.get("security")
-    if not requirements:
-        return "No token needed."
-    schemes = sorted({name for requirement in requirements for name in requirement})
-    optional = any(not requirement for requirement in requirements)
+def _security(operation: dict[str, Any], default: list[dict[str, Any]] | None) -> str:
+    requirements = operation.get("security", default)
+    schemes = [name for requirement in requirements or [] for name in requirement]
     if not schemes:
         return "No token needed."
-    names = ", ".join(f"`{name}`" for name in schemes)
-    return f"Token: {names}" + (" when the service has one configured." if optional else " (required).")
+    optional = any(not requirement for requirement in requirements or [])
+    names = " or ".join(f"[`{name}`](#security-schemes)" for name in schemes)
+    return f"Token: {names}" + (", when the service has one." if optional else ".")
 
 
 def render(document: dict[str, Any]) -> str:
     info = f"OpenAPI {document['openapi']}, version {document['info']['version']}"
-    lines = [f"Generated from `/openapi.json` ({info}).", ""]
+    lines = [
+        f"Generated from `/openapi.json` ({info}) as a service with `SESSIONS_API_TOKEN` set serves"
+        " it; without a token no security is declared and no operation needs one.",
+        "",
+    ]
     for path, item in document["paths"].items():
         methods = [method.upper() for method in item]
         get = item.get("get") or next(iter(item.values()))
-        lines += [f"### `{path}`", "", f"Methods: {', '.join(methods)}. {_security(get)}", ""]
+        security = _security(get, document.get("security"))
+        lines += [f"### `{path}`", "", f"Methods: {', '.join(methods)}. {security}", ""]
         if get.get("summary"):
             lines += [_cell(get["summary"]), ""]
         if get.get("description"):
@@ -119,9 +122,12 @@ def render(document: dict[str, Any]) -> str:
             lines += ["```json", json.dumps(schema, indent=2), "```", ""]
     security_schemes = document.get("components", {}).get("securitySchemes", {})
     if security_schemes:
-        lines += ["## Security schemes", "", "| name | scheme |", "|---|---|"]
+        lines += ["## Security schemes", "", "| name | scheme | meaning |", "|---|---|---|"]
         for name, scheme in security_schemes.items():
-            lines.append(f"| `{name}` | {_cell(scheme.get('type', ''))} {_cell(scheme.get('scheme', ''))} |")
+            kind = scheme.get("scheme") or f"{scheme.get('in', '')} parameter `{scheme.get('name', '')}`"
+            lines.append(
+                f"| `{name}` | {_cell(scheme['type'])}: {_cell(kind)} | {_cell(scheme.get('description', ''))} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
