@@ -169,7 +169,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
 async def _send_initial_state(hub: ChangeHub, stream: Stream, filter: SessionFilter, send: Send) -> int | None:
     """ADDED for every session that matches now, then the initial_events_end bookmark; the
     revision they reflect (None if the stream ended meanwhile)."""
-    # Off the loop: O(matching sessions) under the store's lock (tens of ms at a million).
+    # Off the loop: O(matching sessions) under the store's lock, long for a large folder.
     summaries, revision = await hub.loader.run(
         functools.partial(
             hub.store.snapshot, statuses=filter.statuses, user_id=filter.user_id, include_saved=filter.include_saved

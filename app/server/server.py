@@ -36,7 +36,7 @@ SWITCH_INTERVAL_S = 0.001
 SHUTDOWN_STALL_S = 1.0
 # uvicorn's main loop ticks ten times a second; once a second does its work here (the date
 # header, the sweep of stalled requests), with a signal or the drain deadline waking it at once:
-# an idle process costs fewer wake-ups (they were a third of its idle CPU).
+# an idle process wakes up less, and idle wake-ups are most of an idle process's CPU.
 TICK_S = 1.0
 
 

@@ -169,8 +169,9 @@ class SessionStore:
     def load_missing(self, job_id: str) -> Document:
         """Read an evicted session back into the cache. Blocking: call it off the event loop.
 
-        A file caught mid-write (a writer rewriting it in place) is read again a few times over
-        ~150 ms before giving up: its last valid version is not in memory to serve instead."""
+        A file caught mid-write (a writer rewriting it in place) is read again after each of
+        MID_WRITE_RETRY_DELAYS_S before giving up: its last valid version is not in memory to
+        serve instead."""
         for delay in (*MID_WRITE_RETRY_DELAYS_S, None):
             try:
                 loaded = sessionfile.read(self.root, job_id, self.max_file_bytes)
