@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from app import sessionfile
 from app.errors import TemporarilyUnavailable
-from app.loader import MissLoader
-from app.reconciler import Reconciler
 from app.settings import load_settings
-from app.store import SessionStore
+from app.store import sessionfile
+from app.store.loader import MissLoader
+from app.store.reconciler import Reconciler
+from app.store.store import SessionStore
 from tests.support import encode, put_session, session_doc
 
 
