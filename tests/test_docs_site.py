@@ -168,3 +168,26 @@ def test_the_readme_is_a_front_page() -> None:
     text = "\n".join(lines)
     assert text.index("make run") < text.index("```python"), "the commands come first"
     assert 'addEventListener("ADDED"' in text
+
+
+def test_each_default_in_the_configuration_table_is_the_codes() -> None:
+    # The table's default, read by the setting's own parser, must be the field's default: a
+    # default changed in app/settings.py and not here (or the reverse) fails.
+    import dataclasses
+
+    from app.settings import SETTINGS, Settings
+
+    defaults = {field.name: field.default for field in dataclasses.fields(Settings)}
+    cells = {
+        cells[1].strip(" `"): cells[2].strip()
+        for line in (REPO / "docs" / "configuration.md").read_text().splitlines()
+        if line.startswith("| `SESSIONS_") and len(cells := line.split("|")) > 3
+    }
+    for setting in SETTINGS:
+        cell = cells[setting.variable]
+        if setting.unset is not None:
+            assert cell == f"`{setting.unset}`", setting.variable
+        elif cell == "unset":
+            assert defaults[setting.field] in (None, (), frozenset()), setting.variable
+        else:
+            assert setting.parse(cell.strip("`")) == defaults[setting.field], (setting.variable, cell)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import load_settings
 from app.store import fileversion, poller
 from app.store.reconciler import Reconciler
-from app.settings import load_settings
 from app.store.store import SessionStore
 from tests.support import encode, put_session, session_doc, write_in_place
 
