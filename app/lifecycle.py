@@ -1,4 +1,4 @@
-"""What SIGTERM sets in motion, shared by the server (app.server), which drives it, and the
+"""What SIGTERM sets in motion, shared by the server (app.server.server), which drives it, and the
 application, which reacts. A process has one set of signals, hence one of these per process."""
 
 from __future__ import annotations

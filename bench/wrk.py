@@ -77,10 +77,11 @@ def run(
     seed: int = 1,
     timeout_s: float = 5.0,
     server_pid: int | None = None,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     argv = [
         "taskset", "-c", str(CLIENT_CORE), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-        f"--timeout={timeout_s:g}s", "-s", str(SCRIPT), base_url,
+        f"--timeout={timeout_s:g}s", "-s", str(SCRIPT), *(f"-H{header}" for header in headers), base_url,
     ]  # fmt: skip
     env = {**os.environ, "BENCH_PATHS": str(paths_file), "BENCH_SEED": str(seed)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

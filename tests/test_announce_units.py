@@ -18,9 +18,9 @@ import pytest
 from sessions_client import SessionWriter
 from sessions_client import writer as writer_module
 
-from app import announcements
-from app.announcements import AnnouncementReader
-from app.pending import PendingChanges
+from app.store import announcements
+from app.store.announcements import AnnouncementReader
+from app.store.pending import PendingChanges
 from tests.support import wait_until
 
 # --- the writer ------------------------------------------------------------------------------------

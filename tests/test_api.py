@@ -1,4 +1,4 @@
-"""The HTTP API of SPEC §4, through the real server on a loopback port."""
+"""The HTTP API (docs/contract.md#http-api), through the real server on a loopback port."""
 
 from __future__ import annotations
 
@@ -192,6 +192,8 @@ def test_list_with_and_without_trailing_slash_without_redirect(server: Server) -
         ("user_id=ann&status=cancelled", ["f6"]),
         ("include_saved=false", ["c3", "a1", "e5"]),
         ("include_saved=0", ["c3", "a1", "e5"]),
+        ("include_saved=No", ["c3", "a1", "e5"]),
+        ("include_saved=YES", ["c3", "d4", "a1", "b2", "e5", "f6"]),
         ("include_saved=true", ["c3", "d4", "a1", "b2", "e5", "f6"]),
         ("include_saved=1&user_id=bob", ["d4", "b2"]),
         ("include_saved=false&user_id=bob", []),
@@ -250,7 +252,7 @@ def test_pages_are_stable_while_sessions_change(sessions_dir: Path, serve: Calla
         "cursor=W10",  # base64 of []
         "cursor=WzEsIi4uIl0",  # [1, ".."]
         "cursor=%ff%fe",
-        "include_saved=yes",
+        "include_saved=maybe",
         "include_saved=",
         "include_saved=TRUE1",
         "status=%ff",

@@ -1,5 +1,5 @@
 """The one owner of "the same file version" and of a file fault's verdict and reason, on real
-files and links; and the reader (app.sessionfile) and a stat (the reconciler's) agreeing on both."""
+files and links; and the reader (app.store.sessionfile) and a stat (the reconciler's) agreeing on both."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app import fileversion, sessionfile
 from app.errors import InvalidSessionFile, TransientReadError
+from app.store import fileversion, sessionfile
 from tests.support import encode, session_doc, write_atomic, write_in_place
 
 

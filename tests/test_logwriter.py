@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.accesslog import AccessLog, LoggerAccessLog
-from app.logs import JsonFormatter, TextFormatter
-from app.logwriter import LogWriter, WriterHandler
+from app.ops.accesslog import AccessLog, LoggerAccessLog
+from app.ops.logs import JsonFormatter, TextFormatter
+from app.ops.logwriter import LogWriter, WriterHandler
 from tests.support import REPO, wait_until
 
 
@@ -167,7 +167,7 @@ def test_a_closed_stdout_counts_its_lines_as_dropped(pipe: tuple[int, int]) -> N
 
 CHILD = """
 import os, sys
-from app.logwriter import LogWriter
+from app.ops.logwriter import LogWriter
 writer = LogWriter(1)
 writer.start()
 name = sys.argv[1].encode()
@@ -180,8 +180,8 @@ assert writer.close(60) and writer.dropped == 0
 
 
 def test_processes_sharing_a_pipe_never_split_each_others_lines(tmp_path: Path) -> None:
-    """`--workers N`: the workers write to one stdout pipe. A write larger than PIPE_BUF may be
-    split where another process's write lands, so the writer cuts at line ends below it."""
+    """Processes that write to one stdout pipe: a write larger than PIPE_BUF may be split where
+    another process's write lands, so the writer cuts at line ends below it."""
     read_end, write_end = os.pipe()
     children = [
         subprocess.Popen([sys.executable, "-c", CHILD, name], cwd=REPO, stdout=write_end) for name in ("a", "b", "c")
@@ -241,7 +241,7 @@ def access_records() -> Iterator[_Keep]:
 def test_an_access_line_is_what_the_logging_formatter_wrote(
     access_records: _Keep, pipe: tuple[int, int], fmt: str, case: tuple[str, str, str, int, float, bytes, str | None]
 ) -> None:
-    """The old path (a logging record of app.access, formatted by app.logs) and the new one must
+    """The old path (a logging record of app.access, formatted by app.ops.logs) and the new one must
     give the same bytes for the same request at the same instant."""
     LoggerAccessLog().write(*case)
     (record,) = access_records.records
@@ -277,7 +277,7 @@ def test_the_access_log_writes_to_its_writer(tmp_path: Path) -> None:
 def test_request_ids_the_middleware_lets_through_need_no_json_escape() -> None:
     """The access line writes the request id between quotes as it is: only characters that JSON
     leaves unescaped may pass the middleware's check."""
-    from app.middleware import _REQUEST_ID
+    from app.api.middleware import _REQUEST_ID
 
     for code in range(256):
         char = bytes([code])

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.application import LOADER_THREADS
+from app.api.application import LOADER_THREADS
 from tests.reliability_support import folder_agrees, metric, process_figures, wait_quiet_figures
 from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic, write_in_place
 

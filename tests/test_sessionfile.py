@@ -6,10 +6,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app import sessionfile
 from app.errors import InvalidSessionFile
-from app.sessionfile import is_job_id, job_id_for
-from app.timestamps import instant_ns
+from app.store import sessionfile
+from app.store.sessionfile import is_job_id, job_id_for
+from app.store.timestamps import instant_ns
 from tests.support import encode, session_doc
 
 MAX = 10_000

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import SETTINGS, Settings, SettingsError, load_settings
 from tests.support import REPO, server_env
 
 
@@ -53,6 +54,17 @@ def test_values_are_read(sessions_dir: Path, tmp_path: Path) -> None:
     assert (settings.log_format, settings.log_level) == ("text", "warning")
 
 
+def test_finished_statuses(sessions_dir: Path) -> None:
+    default = load_settings({"SESSIONS_DIR": str(sessions_dir)}).finished_statuses
+    assert default == {"completed", "failed", "cancelled"}
+    assert load_settings({"SESSIONS_DIR": str(sessions_dir), "SESSIONS_FINISHED_STATUSES": ""}).finished_statuses == (
+        default
+    )
+    given = " completed, failed,cancelled ,pending_review,Done"  # spaces around items dropped, case kept
+    settings = load_settings({"SESSIONS_DIR": str(sessions_dir), "SESSIONS_FINISHED_STATUSES": given})
+    assert settings.finished_statuses == {"completed", "failed", "cancelled", "pending_review", "Done"}
+
+
 BAD_SETTINGS = [
     ("SESSIONS_DIR", "/does/not/exist", "does not exist"),
     ("SESSIONS_CACHE_MAX_ENTRIES", "-1", "at least 0"),
@@ -69,6 +81,10 @@ BAD_SETTINGS = [
     ("SESSIONS_API_TOKEN", "   ", "empty"),
     ("SESSIONS_API_TOKEN_FILE", "/no/such/token", "cannot read"),
     ("SESSIONS_API_TOKEN_FILE", "", "set but empty"),  # fails closed, not an open API
+    ("SESSIONS_FINISHED_STATUSES", "completed,,failed", "an empty one"),
+    ("SESSIONS_FINISHED_STATUSES", " , ", "an empty one"),
+    ("SESSIONS_FINISHED_STATUSES", "done\x00", "printable"),
+    ("SESSIONS_FINISHED_STATUSES", ",".join(f"s{n}" for n in range(65)), "at most 64"),
 ]
 
 
@@ -88,7 +104,7 @@ def test_sessions_dir_must_be_a_folder(tmp_path: Path) -> None:
         load_settings({"SESSIONS_DIR": str(a_file)})
 
 
-@pytest.mark.parametrize(("variable", "value", "problem"), BAD_SETTINGS[:6])
+@pytest.mark.parametrize(("variable", "value", "problem"), [*BAD_SETTINGS[:6], BAD_SETTINGS[-4]])
 def test_bad_setting_exits_2_before_listening(sessions_dir: Path, variable: str, value: str, problem: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", "--port", "1"],  # port 1: would fail if it got to listening
@@ -105,7 +121,7 @@ def test_bad_setting_exits_2_before_listening(sessions_dir: Path, variable: str,
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("flag", [["--workers", "0"], ["--port", "70000"]])
+@pytest.mark.parametrize("flag", [["--workers", "2"], ["--port", "70000"]])
 def test_bad_flag_exits_2(sessions_dir: Path, flag: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", *flag],
@@ -117,3 +133,23 @@ def test_bad_flag_exits_2(sessions_dir: Path, flag: list[str]) -> None:
     )
     assert result.returncode == 2
     assert flag[0] in result.stderr
+
+
+def test_one_table_names_every_setting() -> None:
+    """Every field of Settings comes from a row of SETTINGS, each row names a field and says
+    what it is for, and only the entry points read the environment (once, through the table)."""
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    assert {setting.field for setting in SETTINGS} == fields
+    assert all(setting.description.endswith(".") for setting in SETTINGS)
+    assert len({setting.variable for setting in SETTINGS}) == len(SETTINGS)
+    readers = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "app").rglob("*.py")
+        if "environ" in (text := path.read_text(encoding="utf-8")) or "getenv" in text
+    }
+    assert readers == {"app/settings.py", "app/__main__.py", "app/ops/check.py"}
+
+
+def test_a_blank_variable_takes_the_fields_default(sessions_dir: Path) -> None:
+    blank = {setting.variable: " " for setting in SETTINGS if setting.blank_is_unset}
+    assert load_settings({**blank, "SESSIONS_DIR": str(sessions_dir)}) == Settings(sessions_dir=sessions_dir.resolve())

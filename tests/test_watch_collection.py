@@ -1,4 +1,4 @@
-"""GET /api/v2/jobs?watch=true (SPEC §6), through the real server and the real watcher: the
+"""GET /api/v2/jobs?watch=true (docs/contract.md#collection-watch), through the real server and the real watcher: the
 initial state, every change in revision order, resuming by revision and Last-Event-ID, filter
 transitions, both formats, and every bad parameter."""
 
@@ -129,7 +129,10 @@ def test_server_sent_events(sessions_dir: Path, serve: Serve, watch: Open) -> No
     change = stream.wait_for(lambda event: event["type"] == "ADDED" and event["object"]["job_id"] == "b")
     assert change["_id"] == change["revision"] and change["_event"] == "ADDED"
     text = bytes(stream.raw).decode()
-    assert text.startswith("event: ADDED\ndata: {") and "\n\nid: " in text
+    # A jittered retry: first (docs/browsers.md), then the events
+    retry, _, events = text.partition("\n\n")
+    assert retry.startswith("retry: ") and int(retry.removeprefix("retry: ")) > 0
+    assert events.startswith("event: ADDED\ndata: {") and "\n\nid: " in events
 
 
 @pytest.mark.parametrize(

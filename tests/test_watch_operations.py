@@ -1,4 +1,4 @@
-"""The change stream's limits and operations (SPEC §6): the stream limit, clients that stop
+"""The change stream's limits and operations (docs/contract.md#stream-limits): the stream limit, clients that stop
 reading, what an idle stream costs, metrics and the token, through the real server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.application import LOADER_THREADS
+from app.api.application import LOADER_THREADS
 from tests.ops_support import scrape, wait_for_scrape
 from tests.reliability_support import process_figures, wait_quiet_figures
 from tests.support import Server, put_session, wait_until

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import SettingsError, load_settings
-from app.watchmode import events_trusted, filesystem_type, parse_mountinfo, plan
+from app.store.watchmode import events_trusted, filesystem_type, parse_mountinfo, plan
 
 # A container's mountinfo, trimmed: an overlay root, local volumes, and the network and FUSE
 # mounts a shared sessions folder lives on (the optional fields vary in number).

@@ -35,6 +35,7 @@ class Watch:
         self.sse = sse
         self.events: list[Event] = []
         self.raw = bytearray()  # every byte of the body, as received
+        self.retries: list[int] = []  # SSE `retry:` fields, in milliseconds
         self.status: int | None = None
         self.response_headers: httpx.Headers | None = None
         self.body: bytes = b""  # of a response that is not a stream (an error)
@@ -104,6 +105,9 @@ class Watch:
                     data.append(value)
                 elif name in ("id", "event"):
                     pending[name] = value
+                elif name == "retry":
+                    with self._changed:
+                        self.retries.append(int(value))
             if self._closing:
                 return
         if buffer.strip():

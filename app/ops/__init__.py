@@ -1,0 +1,1 @@
+"""Operating the service: metrics, logs and the offline folder check."""
