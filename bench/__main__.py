@@ -18,7 +18,7 @@ from bench import capacity, churn, failover, hashing, report, server, throughput
 from bench.generate import generate, link_subset
 from cluster import haproxy
 
-PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch")
+PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch", "netfs")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Config:
     capacity_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     capacity_cache: int = 100_000  # the default SESSIONS_CACHE_MAX_ENTRIES
     capacity_rescan_after_s: float = 120.0
+    netfs_sessions: int = 100_000  # the network-volume part: sshfs stand-in vs local disk
+    netfs_unfinished: float = 0.02
+    netfs_changes: int = 200
+    netfs_idle_s: float = 20.0
     seed: int = 20240601
     watch: watch.WatchConfig = watch.WatchConfig()
 
@@ -48,6 +52,7 @@ class Config:
 QUICK = Config(rounds=1, seconds=3, get_sessions=5_000, list_sessions=20_000, warm_sessions=20_000,
                churn_seconds=5, fresh_samples=40, hashing_sessions=6_000, capacity_sizes=(5_000, 20_000, 50_000),
                failover_kills=3, failover_mirrors=2, capacity_cache=10_000, capacity_rescan_after_s=30,
+               netfs_sessions=10_000, netfs_changes=40, netfs_idle_s=5,
                watch=watch.QUICK_WATCH)  # fmt: skip
 
 
@@ -204,6 +209,15 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         log("change stream: event lag, idle streams, watching vs polling")
         watch_figures, raw["watch"] = watch.run(work, logs, config.watch, log)
         figures += watch_figures
+    if "netfs" in parts:
+        from bench import netvolume  # needs sshd and sshfs (tests/netfs.py)
+
+        log(f"network volume: {config.netfs_sessions:,} sessions over sshfs vs the local disk")
+        raw["netfs"] = netvolume.run(
+            config.netfs_sessions, config.netfs_unfinished, config.netfs_changes, 0.05, config.netfs_idle_s,
+            work / "netfs",
+        )  # fmt: skip
+        figures += netvolume.figures(raw["netfs"])
     log(f"done in {time.perf_counter() - started:.0f} s")
     random.seed()
     return figures, raw
