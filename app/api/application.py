@@ -23,6 +23,7 @@ from app.api.cors import Cors
 from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
+from app.api.page import PageEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
 from app.api.routes import ROUTES
 from app.changes.hub import ChangeHub
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         "ready": ReadinessEndpoint(),
         "metrics": MetricsEndpoint(),
         "openapi": OpenAPIEndpoint(),
+        "page": PageEndpoint(),
     }
     routes = [
         # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check

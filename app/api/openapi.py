@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.api.listing import DEFAULT_LIMIT, MAX_LIMIT
-from app.api.routes import JOB, JOBS
+from app.api.routes import JOB, JOBS, PAGE_PATHS
 from app.store.changelog import REVISION_PATTERN
 from app.store.sessionfile import JOB_ID_PATTERN
 
@@ -306,6 +306,8 @@ def build_openapi(routes: list[BaseRoute]) -> dict[str, Any]:
             continue
         path = openapi_path(route.path)
         key = path.rstrip("/") if path != "/" else path
+        if key in PAGE_PATHS:
+            continue  # HTML for people, not an operation for generators
         operation = OPERATIONS[key]  # KeyError: a route without a documented operation
         if key in paths:
             continue  # /api/v2/jobs/ is /api/v2/jobs

@@ -40,7 +40,12 @@ ROUTES = (
     RouteSpec("/readyz", ("/readyz",), "ready", True),
     RouteSpec("/metrics", ("/metrics",), "metrics", True),
     RouteSpec("/openapi.json", ("/openapi.json",), "openapi", True),
+    # The live jobs page (app.api.page): for people, so not in the OpenAPI document.
+    RouteSpec("/", ("/",), "page", True),
+    RouteSpec("/ui/app.js", ("/ui/app.js",), "page", True),
+    RouteSpec("/ui/app.css", ("/ui/app.css",), "page", True),
 )
+PAGE_PATHS = frozenset({"/", "/ui/app.js", "/ui/app.css"})
 LABELS = frozenset({spec.template for spec in ROUTES} | {JOBS_WATCH, JOB_WATCH, JOB_WAIT, "unmatched"})
 _BY_PATH = {path: spec.template for spec in ROUTES for path in spec.paths if "{" not in path}
 
