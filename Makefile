@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast cluster lint bench prometheusrule clean
+.PHONY: install run test test-fast cluster lint bench docs docs-serve prometheusrule unasync clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,dev]" -e client
+	$(BIN)/pip install --quiet -e ".[test,dev,docs]" -e client
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -29,16 +29,29 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench deploy cluster client
-	$(BIN)/ruff format --check app tests bench deploy cluster client
+	$(BIN)/ruff check app tests bench deploy cluster client tools
+	$(BIN)/ruff format --check app tests bench deploy cluster client tools README.md docs
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The documentation site (mkdocs.yml, docs/): built into site/ with --strict, as the suite does.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
 # After editing deploy/prometheus/alerts.yaml: copy its rules into the PrometheusRule.
 prometheusrule:
 	$(PYTHON) deploy/prometheus/prometheusrule.py
 
+# After editing the client's async code (client/src/sessions_client/_async/): write the sync
+# code from it. A test fails while the two differ (docs/development.md, "The client's sync code").
+unasync: $(STAMP)
+	$(BIN)/python client/scripts/unasync.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results .cluster client/src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cluster site client/src/*.egg-info
+	find bench/results -type f ! -name HISTORY.md -delete 2>/dev/null || true

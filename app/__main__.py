@@ -1,5 +1,6 @@
-"""`python -m app [--host H] [--port P] [--workers N]` serves; `python -m app check [DIR]`
-validates a sessions folder offline. A bad setting exits with status 2 before listening."""
+"""`python -m app [--host H] [--port P]` serves; `python -m app check [DIR]` validates a sessions
+folder offline; `python -m app --version` prints the version. A bad setting exits with status 2
+before listening."""
 
 from __future__ import annotations
 
@@ -8,19 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 
+from app import __version__
 from app.settings import SettingsError, load_settings
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Serve job sessions from a folder.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes, each with its own cache and watcher (default 1: one per container)",
-    )
     return parser
 
 
@@ -35,9 +32,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= options.port <= 65535:
         print(f"--port: must be from 0 to 65535, got {options.port}", file=sys.stderr)
         return 2
-    if options.workers < 1:
-        print(f"--workers: must be at least 1, got {options.workers}", file=sys.stderr)
-        return 2
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
@@ -48,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.server.server import run
 
     configure_logging(settings)
-    run(settings, options.host, options.port, options.workers)
+    run(settings, options.host, options.port)
     return 0
 
 

@@ -1,15 +1,12 @@
-"""The service's domain exceptions, turned into problem+json responses in `app.api.problems` alone."""
+"""The service's domain errors. They say what went wrong, never how HTTP answers it: the one
+table in `app.api.problems` maps each to its problem details (status, title, type). Every layer
+raises them, so they import nothing of the service."""
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """An error a client should hear about as a problem detail (RFC 9457)."""
-
-    status = 500
-    title = "Internal Server Error"
-    type = "about:blank"
-    retry_after: str | None = None  # seconds, for a Retry-After header
+    """An error a client should hear about; `detail` says what it can do about it."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -17,76 +14,64 @@ class ServiceError(Exception):
 
 
 class BadRequest(ServiceError):
-    status = 400
-    title = "Bad Request"
-    type = "/problems/bad-request"
+    """The request cannot be answered as written: a malformed parameter or header."""
 
 
 class InvalidJobId(BadRequest):
-    title = "Invalid job id"
-    type = "/problems/invalid-job-id"
+    pass
+
+
+class InvalidRevision(BadRequest):
+    """A token that cannot be a revision at all (one that could be is Expired or a position)."""
+
+
+class OriginNotAllowed(ServiceError):
+    """A browser's preflight from an origin the service does not serve."""
 
 
 class SessionNotFound(ServiceError):
-    status = 404
-    title = "Session not found"
-    type = "/problems/session-not-found"
+    pass
 
 
 class SessionFileInvalid(SessionNotFound):
-    """A file exists for the id but has never held a valid session: 404 with the reason."""
-
-    title = "Session file is invalid"
-    type = "/problems/session-file-invalid"
+    """A file exists for the id but has never held a valid session."""
 
 
 class Unauthorized(ServiceError):
-    status = 401
-    title = "Unauthorized"
-    type = "/problems/unauthorized"
+    """No credentials, or not the right ones."""
+
+    def __init__(self, detail: str, challenge: str) -> None:
+        super().__init__(detail)
+        self.challenge = challenge  # what the caller should send instead (WWW-Authenticate)
 
 
 class TemporarilyUnavailable(ServiceError):
     """The session exists but its document cannot be produced right now (e.g. out of file
     descriptors, or its last valid version was evicted while the file is mid-write)."""
 
-    status = 503
-    title = "Session temporarily unavailable"
-    type = "/problems/temporarily-unavailable"
-    retry_after = "1"
-
 
 class RevisionExpired(ServiceError):
-    """A watch from a revision this process no longer holds, or never had (SPEC §6)."""
+    """A watch from a revision this process no longer holds, or never had (docs/contract.md)."""
 
-    status = 410
-    title = "Revision expired"
-    type = "/problems/revision-expired"
+
+class StreamFellBehind(ServiceError):
+    """A stream's client read more slowly than changes came, beyond what its buffer holds."""
 
 
 class TooManyStreams(ServiceError):
-    status = 503
-    title = "Too many streams"
-    type = "/problems/too-many-streams"
-    retry_after = "1"
+    pass
 
 
 class Warming(ServiceError):
     """The warm-up is not done: an answer now could be a 404 for a session not loaded yet."""
 
-    status = 503
-    title = "Warming up"
-    type = "/problems/warming-up"
-    retry_after = "1"
-
 
 class NotServingStreams(ServiceError):
     """Warming up or shutting down: a watch would be cut short or miss what the warm-up loads."""
 
-    status = 503
-    title = "Not serving streams now"
-    type = "/problems/not-serving-streams"
-    retry_after = "1"
+
+class HeadTooLarge(ServiceError):
+    """A request line and headers longer than the server reads."""
 
 
 class InvalidSessionFile(Exception):

@@ -1,8 +1,9 @@
 """Settings, read once from an environment mapping into a frozen dataclass.
 
-`load_settings` takes the mapping as an argument so tests pass a plain dict and never touch
-`os.environ`; a bad value raises `SettingsError` naming the variable, which `__main__` alone
-turns into exit status 2.
+`SETTINGS` is the one table of the environment variables: each names its field of `Settings`,
+its parser and what it is for; each default is written once, on the field. `load_settings` takes
+the mapping as an argument so tests pass a plain dict and never touch `os.environ`; a bad value
+raises `SettingsError` naming the variable, which the entry points turn into exit status 2.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
-
-from app.store.sessionfile import FINISHED_STATUSES
+from typing import Any, Literal, NamedTuple
 
 WatchMode = Literal["auto", "poll", "native", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-_T = TypeVar("_T")
+# What include_saved=false leaves out unless SESSIONS_FINISHED_STATUSES says otherwise.
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class SettingsError(Exception):
@@ -109,51 +109,43 @@ def _statuses(raw: str) -> frozenset[str]:
     return frozenset(statuses)
 
 
-def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], _T], default: _T) -> _T:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise SettingsError(name, str(exc)) from exc
-
-
-def _sessions_dir(environ: Mapping[str, str]) -> Path:
-    raw = environ.get("SESSIONS_DIR", "").strip() or "data/sessions"
+def _folder(raw: str) -> Path:
+    raw = raw.strip()
     path = Path(raw).expanduser()
     if not path.exists():
-        raise SettingsError("SESSIONS_DIR", f"folder {raw!r} does not exist")
+        raise ValueError(f"folder {raw!r} does not exist")
     if not path.is_dir():
-        raise SettingsError("SESSIONS_DIR", f"{raw!r} is not a folder")
+        raise ValueError(f"{raw!r} is not a folder")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise SettingsError("SESSIONS_DIR", f"folder {raw!r} is not readable")
+        raise ValueError(f"folder {raw!r} is not readable")
     return path.resolve()
 
 
-def _api_token(environ: Mapping[str, str]) -> str | None:
-    token = environ.get("SESSIONS_API_TOKEN")
-    token_file = environ.get("SESSIONS_API_TOKEN_FILE")
-    if token is not None and token_file is not None:
-        raise SettingsError("SESSIONS_API_TOKEN_FILE", "set either it or SESSIONS_API_TOKEN, not both")
-    if token_file is not None:
-        # Set but empty (a template that rendered nothing) fails closed: an open API is never
-        # what someone who set the variable meant.
-        if not token_file.strip():
-            raise SettingsError("SESSIONS_API_TOKEN_FILE", "is set but empty")
-        try:
-            # A Kubernetes secret mount usually ends in a newline that is not part of the token.
-            token = Path(token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError("SESSIONS_API_TOKEN_FILE", f"cannot read {token_file!r}: {exc}") from exc
-        if not token:
-            raise SettingsError("SESSIONS_API_TOKEN_FILE", f"{token_file!r} is empty")
-        return token
-    if token is None:
-        return None
-    token = token.strip()
+def _milliseconds(minimum: int) -> Callable[[str], float]:
+    """A whole number of milliseconds, as seconds."""
+    integer = _integer(minimum)
+    return lambda raw: integer(raw) / 1000
+
+
+# Set but empty (a template that rendered nothing) fails closed for the token: an open API is
+# never what someone who set the variable meant.
+def _token(raw: str) -> str:
+    token = raw.strip()
     if not token:
-        raise SettingsError("SESSIONS_API_TOKEN", "is set but empty")
+        raise ValueError("is set but empty")
+    return token
+
+
+def _token_file(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("is set but empty")
+    try:
+        # A Kubernetes secret mount usually ends in a newline that is not part of the token.
+        token = Path(raw).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {raw!r}: {exc}") from exc
+    if not token:
+        raise ValueError(f"{raw!r} is empty")
     return token
 
 
@@ -174,29 +166,125 @@ def _cors_origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.lower() for origin in origins)
 
 
+class Setting(NamedTuple):
+    variable: str
+    field: str  # of Settings, whose default applies when the variable is unset or blank
+    parse: Callable[[str], Any]  # raises ValueError with what is wrong
+    description: str
+    blank_is_unset: bool = True  # False: set but blank is an error (the token: fails closed)
+    unset: str | None = None  # read as if given when the variable is unset (a field without a default)
+
+
+SETTINGS = (
+    Setting("SESSIONS_DIR", "sessions_dir", _folder, "The folder of session files.", unset="data/sessions"),
+    Setting(
+        "SESSIONS_CACHE_MAX_ENTRIES",
+        "cache_max_entries",
+        _integer(0),
+        "LRU bound in documents (0: no cache, every GET reads the file off the event loop).",
+    ),
+    Setting("SESSIONS_CACHE_MAX_BYTES", "cache_max_bytes", _integer(0), "LRU bound in bytes of documents."),
+    Setting("SESSIONS_MAX_FILE_BYTES", "max_file_bytes", _integer(1), "Larger files are invalid."),
+    Setting(
+        "SESSIONS_WATCH",
+        "watch",
+        _choice("auto", "poll", "native", "off"),
+        "auto (native events, polling on network filesystems), poll, native, or off (rescans only).",
+    ),
+    Setting(
+        "SESSIONS_POLL_INTERVAL_MS",
+        "poll_interval_s",
+        _milliseconds(10),
+        "Polling period in poll mode, and while the native watcher is down.",
+    ),
+    Setting(
+        "SESSIONS_RESCAN_INTERVAL_S", "rescan_interval_s", _seconds(0), "Full reconciliation period; 0 turns it off."
+    ),
+    Setting(
+        "SESSIONS_API_TOKEN",
+        "api_token",
+        _token,
+        "When set, /api/ needs Authorization: Bearer <token>.",
+        blank_is_unset=False,
+    ),
+    Setting(
+        "SESSIONS_API_TOKEN_FILE",
+        "api_token",
+        _token_file,
+        "A file holding the token instead (a mounted secret); not with SESSIONS_API_TOKEN.",
+        blank_is_unset=False,
+    ),
+    Setting(
+        "SESSIONS_SHUTDOWN_DELAY_S",
+        "shutdown_delay_s",
+        _seconds(0),
+        "After SIGTERM, keep serving (readiness 503) this long before draining.",
+    ),
+    Setting("SESSIONS_LOG_FORMAT", "log_format", _choice("json", "text"), "json for machines, text for people."),
+    Setting("SESSIONS_LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "The least level logged."),
+    Setting(
+        "SESSIONS_KEEPALIVE_S",
+        "keepalive_s",
+        _seconds(1),
+        "Idle keep-alive, longer than the load balancer's; also the longest a request's head may take.",
+    ),
+    Setting(
+        "SESSIONS_GRACEFUL_TIMEOUT_S",
+        "graceful_timeout_s",
+        _seconds(0),
+        "Longest wait for requests in flight at shutdown.",
+    ),
+    Setting("SESSIONS_HISTORY", "history", _integer(1), "Changes kept for watches to resume from."),
+    # Fractions of a second are for tests; a stream or its heartbeat needs some time.
+    Setting(
+        "SESSIONS_BOOKMARK_S",
+        "bookmark_s",
+        _seconds(0.05),
+        "A stream idle this long gets a BOOKMARK; below the proxies' idle timeouts.",
+    ),
+    Setting(
+        "SESSIONS_STREAM_TIMEOUT_S",
+        "stream_timeout_s",
+        _seconds(0.05),
+        "A stream ends after a random time between this and twice this.",
+    ),
+    Setting("SESSIONS_MAX_WAIT_S", "max_wait_s", _seconds(0), "Cap on a long poll's Prefer: wait."),
+    Setting(
+        "SESSIONS_MAX_STREAMS",
+        "max_streams",
+        _integer(0),
+        "Streams and waiting long polls at once; past it a 503.",
+    ),
+    Setting(
+        "SESSIONS_CORS_ORIGINS",
+        "cors_origins",
+        _cors_origins,
+        "Origins browsers may call from (comma-separated, or *); unset: CORS off.",
+    ),
+    Setting(
+        "SESSIONS_FINISHED_STATUSES",
+        "finished_statuses",
+        _statuses,
+        "Statuses that include_saved=false leaves out (comma-separated).",
+    ),
+)
+EXCLUSIVE = (("SESSIONS_API_TOKEN", "SESSIONS_API_TOKEN_FILE"),)
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and validate every setting; raise `SettingsError` on the first bad one."""
-    poll_ms = _read(environ, "SESSIONS_POLL_INTERVAL_MS", _integer(10), 500)
-    return Settings(
-        sessions_dir=_sessions_dir(environ),
-        cache_max_entries=_read(environ, "SESSIONS_CACHE_MAX_ENTRIES", _integer(0), 100_000),
-        cache_max_bytes=_read(environ, "SESSIONS_CACHE_MAX_BYTES", _integer(0), 268_435_456),
-        max_file_bytes=_read(environ, "SESSIONS_MAX_FILE_BYTES", _integer(1), 8_388_608),
-        watch=_read(environ, "SESSIONS_WATCH", _choice("auto", "poll", "native", "off"), "auto"),  # type: ignore[arg-type]
-        poll_interval_s=poll_ms / 1000,
-        rescan_interval_s=_read(environ, "SESSIONS_RESCAN_INTERVAL_S", _seconds(0), 60.0),
-        api_token=_api_token(environ),
-        shutdown_delay_s=_read(environ, "SESSIONS_SHUTDOWN_DELAY_S", _seconds(0), 0.0),
-        log_format=_read(environ, "SESSIONS_LOG_FORMAT", _choice("json", "text"), "json"),  # type: ignore[arg-type]
-        log_level=_read(environ, "SESSIONS_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"),  # type: ignore[arg-type]
-        keepalive_s=_read(environ, "SESSIONS_KEEPALIVE_S", _seconds(1), 75.0),
-        graceful_timeout_s=_read(environ, "SESSIONS_GRACEFUL_TIMEOUT_S", _seconds(0), 20.0),
-        history=_read(environ, "SESSIONS_HISTORY", _integer(1), 100_000),
-        # Fractions of a second are for tests; a stream or its heartbeat needs some time.
-        bookmark_s=_read(environ, "SESSIONS_BOOKMARK_S", _seconds(0.05), 15.0),
-        stream_timeout_s=_read(environ, "SESSIONS_STREAM_TIMEOUT_S", _seconds(0.05), 900.0),
-        max_wait_s=_read(environ, "SESSIONS_MAX_WAIT_S", _seconds(0), 300.0),
-        max_streams=_read(environ, "SESSIONS_MAX_STREAMS", _integer(0), 10_000),
-        cors_origins=_read(environ, "SESSIONS_CORS_ORIGINS", _cors_origins, ()),
-        finished_statuses=_read(environ, "SESSIONS_FINISHED_STATUSES", _statuses, FINISHED_STATUSES),
-    )
+    for first, second in EXCLUSIVE:
+        if first in environ and second in environ:
+            raise SettingsError(second, f"set either it or {first}, not both")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.variable)
+        if raw is None or (setting.blank_is_unset and not raw.strip()):
+            if setting.unset is None:
+                continue
+            raw = setting.unset
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(setting.variable, str(exc)) from exc
+    return Settings(**values)

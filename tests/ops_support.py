@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +97,6 @@ def wait_for_scrape(
         raise AssertionError(f"{exc}\nlast scrape:\n{detail}") from None
 
 
-def scrapes_for(server: Server, seconds: float, interval: float = 0.25) -> list[Scrape]:
-    """Every scrape over a window of `seconds`: for figures that must *stay* right, where a wait
-    for a condition would stop at the first good scrape and miss a later bad one."""
-    deadline = time.monotonic() + seconds
-    scrapes = [scrape(server)]
-    while time.monotonic() < deadline:
-        time.sleep(interval)
-        scrapes.append(scrape(server))
-    return scrapes
-
-
 def histogram_buckets(scrape_: Scrape, name: str, **labels: str) -> list[tuple[float, float]]:
     """(upper bound, cumulative count) pairs of one histogram child, in bound order."""
     buckets = []
@@ -146,20 +134,3 @@ def run_check(folder: Path | str | None, env: Mapping[str, str] | None = None) -
         text=True,
         timeout=60,
     )
-
-
-def worker_pids(server: Server) -> set[int]:
-    """The pids of a `--workers N` server's worker processes (its spawned children), from /proc."""
-    workers = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue  # gone meanwhile
-        parent = int(stat.rpartition(")")[2].split()[1])
-        if parent == server.process.pid and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            workers.add(int(entry.name))
-    return workers

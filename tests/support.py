@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# The statuses SPEC §3 lists as seen in the wild; the last three are the finished ones.
+# The statuses docs/contract.md#files lists as seen in the wild; the last three are the finished ones.
 STATUSES = (
     *("pending", "running", "pending_hitl", "pending_user_input", "pending_review"),
     *("completed", "failed", "cancelled"),

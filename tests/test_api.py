@@ -1,4 +1,4 @@
-"""The HTTP API of SPEC §4, through the real server on a loopback port."""
+"""The HTTP API (docs/contract.md#http-api), through the real server on a loopback port."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The demo sessions in data/sessions/ (what `make run` serves) are valid session files per the
-contract (SPEC §3) and look like what the job system writes. Standard library and orjson only."""
+contract (docs/contract.md#files) and look like what the job system writes. Standard library and orjson only."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ KUBERNETES_VERSION = "1.30.0"
 # resources, which the Kubernetes schemas do not describe: tests/test_alerts.py checks them.
 MANIFEST_FILES = sorted(p for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml")
 
-# Settings defaults (SPEC §2), used when the Deployment leaves a variable unset.
+# Settings defaults (docs/contract.md#running), used when the Deployment leaves a variable unset.
 DEFAULT_SHUTDOWN_DELAY_S = 0.0
 DEFAULT_GRACEFUL_TIMEOUT_S = 20.0
 DEFAULT_CACHE_MAX_BYTES = 268_435_456
@@ -376,7 +376,7 @@ def test_api_token_comes_from_a_secret_file() -> None:
 def test_one_worker_per_container_and_several_replicas() -> None:
     assert resource("Deployment")["spec"]["replicas"] >= 2
     argv = container().get("command", []) + container().get("args", []) + image_cmd()
-    assert option(argv, "--workers") in (None, "1")
+    assert option(argv, "--workers") is None  # python -m app serves in one process
 
 
 def test_memory_fits_the_cache_bound_and_the_index() -> None:

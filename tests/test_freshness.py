@@ -1,4 +1,4 @@
-"""SPEC §5 freshness and §3 file rules, with the real watcher: files written the ways real
+"""Freshness and file rules (docs/contract.md#promises, #files), with the real watcher: files written the ways real
 writers write them show in responses within bounds (generous guards here; the figures live in
 the benchmark)."""
 
@@ -165,7 +165,7 @@ def test_evicted_sessions_are_listed_and_served(sessions_dir: Path, serve: Calla
         assert orjson.loads(server.get(f"/api/v2/jobs/{job_id}").content) == doc
 
 
-# SPEC §5: within 1 s with native events, within two polling periods with poll. Checked on the
+# docs/contract.md#promises: within 1 s with native events, within two polling periods with poll. Checked on the
 # median of several writes, which a loaded machine does not move the way it moves one sample.
 PROMISES = {
     "auto": ({"SESSIONS_WATCH": "auto"}, 1.0),

@@ -12,7 +12,7 @@ from sessions_client.wire import CLIENT_KEY_HEADER
 
 from cluster import haproxy
 
-# SPEC §2 defaults the timeouts must fit.
+# docs/contract.md#running defaults the timeouts must fit.
 BOOKMARK_S = 15.0
 MAX_WAIT_S = 300.0
 KEEPALIVE_S = 75.0

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import orjson
 
-from app.api.listing import SessionFilter
+from app.api.problems import error_body
 from app.changes.hub import ChangeHub
 from app.changes.streams import End, Format, Kind, Stream
 from app.settings import Settings
+from app.store.index import SessionFilter
 from app.store.loader import MissLoader
 from app.store.store import SessionStore
 from tests.test_store import load, make_store, write
@@ -26,7 +27,7 @@ def hub_over(root: Path) -> tuple[SessionStore, ChangeHub]:
     store = make_store(root)
     store.finish_warm_up()
     settings = Settings(sessions_dir=root, bookmark_s=0.001)
-    return store, ChangeHub(store, MissLoader(store, ThreadPoolExecutor(1)), settings)
+    return store, ChangeHub(store, MissLoader(store, ThreadPoolExecutor(1)), settings, error_body)
 
 
 def last_bookmark_revision(stream: Stream) -> bytes:

@@ -220,28 +220,6 @@ def test_an_invalid_file_is_logged_once_per_change_with_its_reason(
     assert "JSON" in stale[0]["reason"]
 
 
-def test_the_workers_log_too(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    """With --workers N the access lines and warnings come from the worker processes: they must
-    reach stdout in the same format as with one worker."""
-    put_session(sessions_dir, "a")
-    (sessions_dir / "bad.json").write_bytes(b"[]")
-    server = serve(sessions_dir, args=("--workers", "2"))
-    for n in range(4):  # fresh connections, so both workers may answer
-        httpx.get(f"{server.base_url}/api/v2/jobs/a", headers={"X-Request-ID": f"w-{n}"}, timeout=10)
-    for n in range(4):
-        assert access_line_for(server, f"w-{n}")["route"] == JOB_ROUTE
-
-    def serving() -> set[int]:
-        return {e["pid"] for e in server.json_logs() if e["message"] == "serving sessions"}
-
-    assert len(wait_for(lambda: serving() if len(serving()) >= 2 else None, 10, "both workers")) == 2
-    # each worker has its own store, and logs the file at its warm-up
-    wait_until(lambda: len(invalid_warnings(server, "bad")) >= 2, 10, what="both workers' warnings")
-    assert len(invalid_warnings(server, "bad")) == 2
-    for line in server.logs():
-        orjson.loads(line)
-
-
 # --- a stdout that stops draining, and the lines of the last requests ------------------------------
 
 

@@ -180,8 +180,8 @@ assert writer.close(60) and writer.dropped == 0
 
 
 def test_processes_sharing_a_pipe_never_split_each_others_lines(tmp_path: Path) -> None:
-    """`--workers N`: the workers write to one stdout pipe. A write larger than PIPE_BUF may be
-    split where another process's write lands, so the writer cuts at line ends below it."""
+    """Processes that write to one stdout pipe: a write larger than PIPE_BUF may be split where
+    another process's write lands, so the writer cuts at line ends below it."""
     read_end, write_end = os.pipe()
     children = [
         subprocess.Popen([sys.executable, "-c", CHILD, name], cwd=REPO, stdout=write_end) for name in ("a", "b", "c")

@@ -1,4 +1,4 @@
-"""The long poll (SPEC §6): GET /api/v2/jobs/{job_id} with If-None-Match and Prefer: wait=N
+"""The long poll (docs/contract.md#long-poll): GET /api/v2/jobs/{job_id} with If-None-Match and Prefer: wait=N
 answers as soon as a new version is applied (200), the session is deleted (404), or after N
 seconds (304), capped at SESSIONS_MAX_WAIT_S, with Preference-Applied."""
 

@@ -1,11 +1,9 @@
 """GET /metrics: Prometheus text, parsed with prometheus-client's own parser, whose figures move
-as requests, cache misses, evictions and file changes happen (SPEC §4 "Probes and operations")."""
+as requests, cache misses, evictions and file changes happen (docs/contract.md#probes)."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 
 from app.api.routes import LABELS
+from app.ops.metrics import Buckets, cumulative
 from tests.ops_support import (
     JOB_ROUTE,
     LABEL_NAME,
@@ -22,12 +21,9 @@ from tests.ops_support import (
     assert_histogram_consistent,
     histogram_buckets,
     scrape,
-    scrapes_for,
-    wait_for,
     wait_for_scrape,
-    worker_pids,
 )
-from tests.support import Server, put_session, wait_until, write_atomic, write_in_place
+from tests.support import Server, put_session, write_atomic, write_in_place
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 
@@ -48,6 +44,11 @@ FAMILIES = [
     ("sessions_changes", "counter"),
     ("sessions_reload_lag_seconds", "histogram"),
     ("sessions_rescans", "counter"),
+    ("sessions_folder_up", "gauge"),
+    ("sessions_poll_hot_files", "gauge"),
+    ("sessions_poll_probes", "counter"),
+    ("sessions_poll_listings", "counter"),
+    ("sessions_load_unavailable", "counter"),
     ("sessions_event_loop_lag_seconds", "histogram"),
 ]
 
@@ -315,14 +316,19 @@ def test_native_watcher_events_changes_and_reload_lag_move(sessions_dir: Path, s
     assert final.value("sessions_reload_lag_seconds_count") >= before.value("sessions_reload_lag_seconds_count") + 2
 
 
-def test_poll_mode_rescans_and_changes_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir, env=POLL)
+def test_poll_mode_polls_and_changes_move(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    """A poll period stats the folder and the hot files only; a listing follows a change of the
+    folder; the full rescan keeps its own interval (docs/network-volumes.md)."""
+    put_session(sessions_dir, "hot", status="running")
+    put_session(sessions_dir, "cold", status="completed")
+    server = serve(sessions_dir, env={**POLL, "SESSIONS_RESCAN_INTERVAL_S": "0.5"})
     before = scrape(server)
     assert before.value("sessions_watcher_up") == 0  # no native watcher in poll mode
-    wait_for_scrape(
+    assert before.value("sessions_poll_hot_files") == 1  # the unfinished session only
+    moved = wait_for_scrape(
         server,
-        lambda s: s.value("sessions_rescans_total") >= before.value("sessions_rescans_total") + 3,
-        what="rescans every 50 ms",
+        lambda s: s.value("sessions_poll_probes_total") >= before.value("sessions_poll_probes_total") + 3,
+        what="hot files polled every 50 ms",
     )
     put_session(sessions_dir, "p")
     after = wait_for_scrape(
@@ -332,8 +338,11 @@ def test_poll_mode_rescans_and_changes_move(sessions_dir: Path, serve: Callable[
         ),
         what="the poll to find the new file",
     )
-    assert after.value("sessions_rescan_duration_seconds_total") > 0
+    assert after.value("sessions_poll_listings_total") > moved.value("sessions_poll_listings_total")
+    assert after.value("sessions_poll_hot_files") == 2  # the new one is unfinished too
     assert after.value("sessions_reload_lag_seconds_sum") < 5
+    wait_for_scrape(server, lambda s: s.value("sessions_rescans_total") >= 1, what="a full rescan")
+    assert scrape(server).value("sessions_rescan_duration_seconds_total") > 0
 
 
 # --- the event loop ------------------------------------------------------------------------------------
@@ -352,57 +361,10 @@ def test_event_loop_lag_histogram_is_measured(sessions_dir: Path, serve: Callabl
     assert scraped.value("sessions_event_loop_lag_seconds_sum") < count * 1.0
 
 
-# --- several workers -----------------------------------------------------------------------------------
-
-
-def test_requests_add_up_across_workers(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    for n in range(3):
-        put_session(sessions_dir, f"m{n}")
-    server = serve(sessions_dir, args=("--workers", "2"))
-    scrapes = 0
-
-    def count_scrapes(request: httpx.Request) -> None:
-        nonlocal scrapes
-        scrapes += request.url.path == "/metrics"
-
-    server.client.event_hooks["request"].append(count_scrapes)
-    wait_until(lambda: len(worker_pids(server)) == 2, 30, what="two workers")
-    wait_for_scrape(server, lambda s: s.value("sessions_cache_entries") == 6, 30, what="both caches warm")
-    count = 60
-    # A fresh connection a request, so that both workers take some (a kept-alive connection
-    # stays with one worker).
-    for n in range(count):
-        response = httpx.get(f"{server.base_url}/api/v2/jobs/m{n % 3}", timeout=10)
-        assert response.status_code == 200
-
-    def added_up(scraped: Scrape) -> bool:
-        # every earlier scrape is counted once the worker that answered it has published it
-        metrics_counted = scraped.value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
-        return job_requests(scraped) == count and metrics_counted == scrapes - 1
-
-    # Each worker publishes its requests within a monitor tick (1 s): scrape less often.
-    scraped = wait_for_scrape(server, added_up, 20, what="the requests of both workers to add up", interval=0.5)
-    labels = {"route": JOB_ROUTE, "method": "GET", "status": "200"}
-    assert assert_histogram_consistent(scraped, "sessions_http_request_duration_seconds", **labels) == count
-    assert scraped.total("sessions_http_requests_total", route=JOB_ROUTE) == count
-    # figures every worker shares are not doubled; per-worker cache sizes add up
-    assert scraped.value("sessions_indexed") == 3
-    assert scraped.value("sessions_cache_entries") == 6
-    hits = scraped.value("sessions_cache_hits_total")
-    assert hits == count, hits  # every read was a hit, in one worker or the other
-
-
-def test_a_restarted_worker_is_not_counted_twice(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    for n in range(3):
-        put_session(sessions_dir, f"m{n}")
-    server = serve(sessions_dir, args=("--workers", "2"))
-    pids = wait_for(lambda: worker_pids(server) if len(worker_pids(server)) == 2 else None, 30, "two workers")
-    wait_for_scrape(server, lambda s: s.value("sessions_cache_entries") == 6, what="both caches warm")
-    os.kill(sorted(pids)[0], signal.SIGKILL)  # a crashed worker: uvicorn starts another
-    wait_until(lambda: len(worker_pids(server) - pids) == 1, 60, what="a replacement worker")
-    wait_until(lambda: server.get("/readyz").status_code == 200, 30)
-    # The dead worker's cache is gone with it: its gauges must not be summed any more. Watch the
-    # sum for several monitor ticks (1 s each): it may dip while the replacement warms up, but it
-    # never counts the dead worker (above 6), and it ends with the two live caches.
-    entries = [s.value("sessions_cache_entries") for s in scrapes_for(server, 3.0)]
-    assert max(entries) <= 6 and entries[-1] == 6, entries
+def test_a_histograms_own_buckets_count_as_prometheus_le_does() -> None:
+    """An observation on a bound counts in that bucket; the exposed buckets are cumulative."""
+    buckets = Buckets((0.1, 1.0))
+    for value in (0.1, 0.05, 1.5):
+        buckets.observe(value)
+    assert cumulative(buckets.bounds, buckets.counts) == [("0.1", 2), ("1.0", 2), ("+Inf", 3)]
+    assert buckets.sum == 1.65

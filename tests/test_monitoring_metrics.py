@@ -20,7 +20,7 @@ from tests.monitoring_support import (
     recorded_names,
     rules,
 )
-from tests.ops_support import parse, worker_pids
+from tests.ops_support import parse
 from tests.support import Server, put_session, wait_until
 
 
@@ -107,15 +107,3 @@ def test_process_metrics_describe_the_server_process(sessions_dir: Path, serve: 
     assert before - 1 <= started <= time.time(), (before, started)
     assert scraped.value("process_resident_memory_bytes") > 10 * 2**20
     assert scraped.value("process_open_fds") > 0
-
-
-def test_several_workers_export_no_process_metrics(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    """With --workers N each scrape is answered by one worker, whose own process figures would
-    stand for all of them: they are left out (deploy/README.md says what to use instead)."""
-    server = serve(sessions_dir, args=("--workers", "2"))
-    wait_until(lambda: len(worker_pids(server)) == 2, 30, what="two workers")
-    scraped = parse(metrics_text(server))
-    assert not [name for name in scraped.families if name.startswith("process_")]
-    # One series, without a pid label: the alert's `and on (job, instance)` still matches.
-    [(labels, value)] = scraped.samples("sessions_watch_mode")
-    assert (labels["mode"], labels["setting"], value) == ("native", "auto", 1.0)

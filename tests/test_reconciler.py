@@ -37,10 +37,10 @@ def surprise(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     failing: set[str] = set()
     real_read = sessionfile.read
 
-    def read(root: Path, job_id: str, max_bytes: int) -> Any:
+    def read(root: Path, job_id: str, max_bytes: int, **options: Any) -> Any:
         if job_id in failing:
             raise RuntimeError(f"surprise reading {job_id}")
-        return real_read(root, job_id, max_bytes)
+        return real_read(root, job_id, max_bytes, **options)
 
     monkeypatch.setattr(sessionfile, "read", read)
     yield failing

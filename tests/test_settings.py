@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import SETTINGS, Settings, SettingsError, load_settings
 from tests.support import REPO, server_env
 
 
@@ -120,7 +121,7 @@ def test_bad_setting_exits_2_before_listening(sessions_dir: Path, variable: str,
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("flag", [["--workers", "0"], ["--port", "70000"]])
+@pytest.mark.parametrize("flag", [["--workers", "2"], ["--port", "70000"]])
 def test_bad_flag_exits_2(sessions_dir: Path, flag: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", *flag],
@@ -132,3 +133,23 @@ def test_bad_flag_exits_2(sessions_dir: Path, flag: list[str]) -> None:
     )
     assert result.returncode == 2
     assert flag[0] in result.stderr
+
+
+def test_one_table_names_every_setting() -> None:
+    """Every field of Settings comes from a row of SETTINGS, each row names a field and says
+    what it is for, and only the entry points read the environment (once, through the table)."""
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    assert {setting.field for setting in SETTINGS} == fields
+    assert all(setting.description.endswith(".") for setting in SETTINGS)
+    assert len({setting.variable for setting in SETTINGS}) == len(SETTINGS)
+    readers = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "app").rglob("*.py")
+        if "environ" in (text := path.read_text(encoding="utf-8")) or "getenv" in text
+    }
+    assert readers == {"app/settings.py", "app/__main__.py", "app/ops/check.py"}
+
+
+def test_a_blank_variable_takes_the_fields_default(sessions_dir: Path) -> None:
+    blank = {setting.variable: " " for setting in SETTINGS if setting.blank_is_unset}
+    assert load_settings({**blank, "SESSIONS_DIR": str(sessions_dir)}) == Settings(sessions_dir=sessions_dir.resolve())

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from app.errors import SessionFileInvalid, SessionNotFound, TemporarilyUnavailable
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.index import SessionIndex
-from app.store.sessionfile import FINISHED_STATUSES
 from app.store.store import Change, SessionStore
 from tests.support import STATUSES, encode, session_doc, write_in_place
 
@@ -330,7 +330,7 @@ def test_revisions_increase_with_every_change_to_what_is_served(tmp_path: Path) 
 
 
 def test_what_alters_nothing_served_gets_no_revision(tmp_path: Path) -> None:
-    """SPEC §6: a touch, a served session turning stale (and back), a file that was never valid,
+    """docs/contract.md#revisions: a touch, a served session turning stale (and back), a file that was never valid,
     and an evicted session read again with the same bytes get no revision."""
     store = make_store(tmp_path, entries=1)
     write(tmp_path, "a")

@@ -1,4 +1,4 @@
-"""GET /api/v2/jobs?watch=true (SPEC §6), through the real server and the real watcher: the
+"""GET /api/v2/jobs?watch=true (docs/contract.md#collection-watch), through the real server and the real watcher: the
 initial state, every change in revision order, resuming by revision and Last-Event-ID, filter
 transitions, both formats, and every bad parameter."""
 

@@ -1,4 +1,4 @@
-"""GET /api/v2/jobs/{job_id}?watch=true (SPEC §6): whole documents with ETags, resumable by ETag
+"""GET /api/v2/jobs/{job_id}?watch=true (docs/contract.md#job-watch): whole documents with ETags, resumable by ETag
 on any replica, the stream staying open across a deletion, the latest version to a stream that
 lags, through the real server and the real watcher."""
 

@@ -1,4 +1,4 @@
-"""The change stream's limits and operations (SPEC §6): the stream limit, clients that stop
+"""The change stream's limits and operations (docs/contract.md#stream-limits): the stream limit, clients that stop
 reading, what an idle stream costs, metrics and the token, through the real server."""
 
 from __future__ import annotations

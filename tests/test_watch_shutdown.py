@@ -1,4 +1,4 @@
-"""SIGTERM with open streams and waiting long polls (SPEC §5, §6): they go on during the
+"""SIGTERM with open streams and waiting long polls (docs/contract.md#promises, #stream-limits): they go on during the
 shutdown delay, then every stream ends cleanly and every wait answers 304, and the process
 exits 0 long before SESSIONS_GRACEFUL_TIMEOUT_S."""
 

@@ -25,12 +25,13 @@ from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
 from app.api.page import PageEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
+from app.api.problemtypes import ProblemTypeEndpoint
 from app.api.routes import ROUTES
 from app.changes.hub import ChangeHub
 from app.errors import ServiceError
 from app.lifecycle import DRAINING, SHUTDOWN, Shutdown
 from app.ops.metrics import Metrics, MetricsEndpoint
-from app.settings import Settings, load_settings
+from app.settings import Settings
 from app.store.loader import MissLoader
 from app.store.reconciler import Reconciler
 from app.store.store import SessionStore
@@ -39,6 +40,7 @@ from app.store.watchmode import plan
 logger = logging.getLogger("app")
 
 LOADER_THREADS = 4
+WORK_THREADS = 2
 READ_METHODS = ["GET", "HEAD"]
 STOP_TIMEOUT_S = 10.0
 
@@ -60,10 +62,8 @@ class _JobPathConvertor(Convertor[str]):
 register_url_convertor("jobpath", _JobPathConvertor())
 
 
-def create_app(settings: Settings | None = None, shutdown: Shutdown | None = None) -> Starlette:
-    """Build the application. Without `settings`, read them from the environment (the factory
-    uvicorn workers call)."""
-    settings = settings if settings is not None else load_settings(os.environ)
+def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlette:
+    """Build the application for `settings`, which the entry point read."""
     shutdown = shutdown if shutdown is not None else SHUTDOWN
     draining: threading.Event = shutdown.draining
     # Decided once, before anything watches: reads /proc, never the folder's own mount.
@@ -81,18 +81,22 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             finished_statuses=settings.finished_statuses,
         )
         reconciler = Reconciler(store, settings, watch)
-        reconciler.on_change = metrics.observe_change
         reconciler.on_reload_lag = metrics.reload_lag.observe
         executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="sessions-loader")
-        loader = MissLoader(store, executor)
-        hub = ChangeHub(store, loader, settings)
+        # Work on memory (watch snapshots) in a pool of its own: reads hung on a file server
+        # that went away cannot hold it up.
+        work_executor = ThreadPoolExecutor(WORK_THREADS, thread_name_prefix="sessions-work")
+        store.forced_reads = reconciler.network
+        loader = MissLoader(store, executor, work_executor)
+        hub = ChangeHub(store, loader, settings, problems.error_body)
         hub.start()
         reconciler.on_applied = hub.notify  # once per batch of changes, from its thread
         forget_drain = shutdown.on_stop(hub.drain)
         # The warm-up runs in the reconciler thread: yield at once so that the port opens and
         # the probes answer (readiness 503 "warming") while it runs.
         reconciler.start()
-        monitor = asyncio.create_task(metrics.monitor(store, reconciler, loader, hub), name="sessions-monitor")
+        metrics.attach(store, reconciler, loader, hub)
+        monitor = asyncio.create_task(metrics.monitor(), name="sessions-monitor")
         logger.info(
             "serving sessions",
             extra={
@@ -126,7 +130,10 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             await asyncio.to_thread(reconciler.stop, STOP_TIMEOUT_S)
-            executor.shutdown(wait=True, cancel_futures=True)
+            work_executor.shutdown(wait=True, cancel_futures=True)
+            # Not waiting for reads that may hang on a file server gone away: they are daemon-
+            # like work whose result nobody needs any more.
+            executor.shutdown(wait=reconciler.folder_state() == "ok", cancel_futures=True)
             logger.info("stopped")
 
     job = JobEndpoint()
@@ -137,7 +144,8 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         "live": LivenessEndpoint(),
         "ready": ReadinessEndpoint(),
         "metrics": MetricsEndpoint(),
-        "openapi": OpenAPIEndpoint(),
+        "openapi": OpenAPIEndpoint(token_required=settings.api_token is not None),
+        "problem_type": ProblemTypeEndpoint(),
         "page": PageEndpoint(),
     }
     routes = [
@@ -154,7 +162,7 @@ def create_app(settings: Settings | None = None, shutdown: Shutdown | None = Non
         middleware.append(Middleware(Cors, origins=settings.cors_origins))
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
-    middleware.append(Middleware(ApiFastPath, job=job, jobs=job_list))
+    middleware.append(Middleware(ApiFastPath, endpoints=endpoints))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem
+from app.api.problems import error_response
+from app.errors import OriginNotAllowed
 
 ALLOW_METHODS = b"GET, HEAD"
 # What callers send: the token, conditional and long-poll requests, SSE resumes, correlation.
@@ -76,12 +77,8 @@ class Cors:
 
     async def _preflight(self, scope: Scope, receive: Receive, send: Send, allow: bytes | None) -> None:
         if allow is None:
-            response = problem(
-                403,
-                "Origin not allowed",
-                "this origin is not in SESSIONS_CORS_ORIGINS",
-                "/problems/origin-not-allowed",
-                {"Vary": "Origin"},
+            response = error_response(
+                OriginNotAllowed("this origin is not in SESSIONS_CORS_ORIGINS"), {"Vary": "Origin"}
             )
             await response(scope, receive, send)
             return

@@ -8,6 +8,7 @@ however many requests wait for it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from app.api import problems
 from app.api.etags import etag_matches
 from app.api.listing import next_link, parse_job_query, parse_list_query
 from app.api.prefer import requested_wait
-from app.api.routes import JOB_PREFIX, JOBS
+from app.api.routes import LABEL_KEY, ROUTES, match
 from app.api.watches import long_poll, sse_refusal, watch_collection, watch_job
 from app.errors import InvalidJobId, ServiceError, Warming
 from app.store.sessionfile import is_job_id
@@ -72,33 +73,30 @@ class JobEndpoint:
 
 
 class ApiFastPath:
-    """Sends the API's routes (a job, the list, and their watches) straight to their endpoints,
-    around Starlette's exception middleware and router: with their per-request wrappers (and
-    per-message wrappers of `send`, which a stream pays on every event) they cost a quarter of
-    a cache hit (measured with wrk: 25.5k -> 29k requests/s). Errors become problem details
-    through the same handlers the app registers; everything else goes on to Starlette. The
-    routes stay declared in the router (app.api.routes), which documents them (OpenAPI) and would
-    serve them without this."""
+    """Sends the route table's fast routes (a job, the list, and their watches) straight to their
+    endpoints, around Starlette's exception middleware and router, whose per-request wrappers
+    (and per-message wrappers of `send`, which a stream pays on every event) cost a large share
+    of a cache hit (`python -m bench --only get` shows it). Errors become problem details
+    through the one problem table; everything else goes on to Starlette. The routes stay
+    declared in the router too, which would serve them without this."""
 
-    def __init__(self, app: ASGIApp, job: JobEndpoint, jobs: JobListEndpoint) -> None:
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, ASGIApp]) -> None:
         self.app = app
-        self.job = job
-        self.jobs = jobs
+        # The route table's fast routes, by endpoint name.
+        self.endpoints = {spec.endpoint: endpoints[spec.endpoint] for spec in ROUTES if spec.fast}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        endpoint: JobEndpoint | JobListEndpoint
-        if path.startswith(JOB_PREFIX) and len(path) > len(JOB_PREFIX):
-            scope["path_params"] = {"job_id": path[len(JOB_PREFIX) :]}
-            endpoint = self.job
-        elif path == JOBS or path == JOB_PREFIX:
-            endpoint = self.jobs
-        else:
+        matched = match(scope["path"])
+        if matched is None or not matched[0].fast:
             await self.app(scope, receive, send)
             return
+        spec = matched[0]
+        scope["path_params"] = matched[1]
+        scope[LABEL_KEY] = spec.template  # known now: the observer need not match the path again
+        endpoint = self.endpoints[spec.endpoint]
         try:
             if not scope["state"]["reconciler"].ready.is_set():
                 # Not every session is loaded yet: a 404 or a short list now would be wrong.
@@ -107,8 +105,7 @@ class ApiFastPath:
         except ServiceError as exc:
             if await sse_refusal(scope, send, exc):
                 return
-            response = await problems.service_error(Request(scope), exc)
-            await response(scope, receive, send)
+            await problems.error_response(exc)(scope, receive, send)
         except HTTPException as exc:
             response = await problems.http_error(Request(scope), exc)
             await response(scope, receive, send)

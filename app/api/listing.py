@@ -10,8 +10,8 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from app.errors import BadRequest
-from app.store.index import AFTER, Key
-from app.store.sessionfile import FINISHED_STATUSES, is_job_id
+from app.store.index import AFTER, Key, SessionFilter
+from app.store.sessionfile import is_job_id
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -27,23 +27,6 @@ _BOOLEANS = {
 }
 
 
-class SessionFilter(NamedTuple):
-    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
-
-    statuses: frozenset[str] | None
-    user_id: str | None
-    include_saved: bool
-    finished: frozenset[str] = FINISHED_STATUSES  # what include_saved=false leaves out (a setting)
-
-    def matches(self, status: str | None, user_id: str | None) -> bool:
-        """The index's rule (app.store.index): a status that is not a string matches no status filter."""
-        return (
-            (self.statuses is None or status in self.statuses)
-            and (self.user_id is None or user_id == self.user_id)
-            and (self.include_saved or status not in self.finished)
-        )
-
-
 class ListQuery(NamedTuple):
     statuses: frozenset[str] | None
     user_id: str | None
@@ -52,7 +35,7 @@ class ListQuery(NamedTuple):
     after: Key | None
     base: str  # the query as sent, less the cursor
     watch: bool = False
-    revision: str | None = None  # watch from here (SPEC §6)
+    revision: str | None = None  # watch from here (docs/contract.md#revisions)
 
     def filter(self, finished: frozenset[str]) -> SessionFilter:
         """The query's filters, where `finished` is what include_saved=false leaves out."""

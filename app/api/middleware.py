@@ -10,8 +10,9 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem
-from app.api.routes import CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.api.problems import error_response
+from app.api.routes import API_PREFIX, CLIENT_GONE, CLIENT_GONE_KEY, route_label
+from app.errors import Unauthorized
 from app.ops.logs import access_log
 from app.ops.metrics import Metrics
 
@@ -79,7 +80,7 @@ class BearerAuth:
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIX):
             credentials = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
@@ -105,13 +106,7 @@ class BearerAuth:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str, error: str) -> None:
-    response = problem(
-        401,
-        "Unauthorized",
-        detail,
-        "/problems/unauthorized",
-        {"WWW-Authenticate": f'Bearer realm="sessions"{error}'},
-    )
+    response = error_response(Unauthorized(detail, f'Bearer realm="sessions"{error}'))
     await response(scope, receive, send)
 
 

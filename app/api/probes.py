@@ -26,7 +26,12 @@ class LivenessEndpoint:
 
 
 class ReadinessEndpoint:
-    """GET /readyz: 200 once warm; 503 while warming and after SIGTERM (draining)."""
+    """GET /readyz: 200 once warm; 503 while warming and after SIGTERM (draining).
+
+    A file server that goes away does not make a warm replica unready: every replica shares the
+    folder, so all of them would turn unready at once (an outage), while each can still serve
+    what it holds. The body says what is true instead: `"folder"` is "ok", "unreachable" or
+    "not answering" (docs/network-volumes.md)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["state"]
@@ -38,6 +43,11 @@ class ReadinessEndpoint:
         else:
             store = state["store"]
             body = orjson.dumps(
-                {"status": "ready", "sessions": store.session_count(), "revision": store.log.token(store.revision)}
+                {
+                    "status": "ready",
+                    "sessions": store.session_count(),
+                    "revision": store.log.token(store.revision),
+                    "folder": state["reconciler"].folder_state(),
+                }
             )
             await _reply(scope, send, 200, body)

@@ -1,4 +1,4 @@
-"""The change stream's HTTP side (SPEC §6): watching the collection, watching one job, and the
+"""The change stream's HTTP side (docs/contract.md#change-stream): watching the collection, watching one job, and the
 long poll. Each is a plain ASGI coroutine: it validates, is admitted by the hub (or refused
 with a 503), writes what the client is missing, then pumps live events until the stream ends."""
 
@@ -12,14 +12,14 @@ from starlette.types import Receive, Scope, Send
 
 from app.api import prefer, problems, routes
 from app.api.etags import etag_matches, normalize
-from app.api.listing import ListQuery, SessionFilter, parse_job_query, parse_list_query
+from app.api.listing import ListQuery, parse_job_query, parse_list_query
 from app.changes import events
 from app.changes.events import Format
 from app.changes.hub import ChangeHub
-from app.changes.streams import JobStream, Kind, Stream, until_disconnect
+from app.changes.streams import STREAM_WRITE, JobStream, Kind, Stream, until_disconnect
 from app.errors import BadRequest, RevisionExpired, ServiceError
-from app.server.httpprotocol import STREAM_WRITE
 from app.store.changelog import Expired, StoreChange
+from app.store.index import SessionFilter
 from app.store.sessionfile import Document
 
 # While sending an initial state or catching up: at most this many events per read of the log,
@@ -87,7 +87,7 @@ def is_sse_watch(scope: Scope) -> bool:
     if Format.for_accept(header(scope, b"accept")) is not Format.SSE:
         return False
     try:
-        if scope["path"] in (routes.JOBS, routes.JOB_PREFIX):
+        if routes.route_template(scope["path"]) == routes.JOBS:
             return parse_list_query(query_string).watch
         return parse_job_query(query_string)
     except BadRequest:
@@ -105,20 +105,21 @@ async def sse_refusal(scope: Scope, send: Send, exc: ServiceError) -> bool:
     one and gets a fresh initial state, and the page, told by the ERROR, resets its copy. For a
     503 (warming, draining, the stream limit) the last id is kept, and `retry:` is the
     Retry-After: the browser resumes where it was once the service can take it."""
-    if exc.status not in (410, 503) or not is_sse_watch(scope):
+    found = problems.problem_of(exc)
+    if found.status not in (410, 503) or not is_sse_watch(scope):
         return False
     scope[routes.LABEL_KEY] = (
-        routes.JOBS_WATCH if scope["path"] in (routes.JOBS, routes.JOB_PREFIX) else routes.JOB_WATCH
+        routes.JOBS_WATCH if routes.route_template(scope["path"]) == routes.JOBS else routes.JOB_WATCH
     )
     hub: ChangeHub | None = scope["state"].get("hub")
     revision = hub.token(hub.delivered) if hub is not None else b""
-    retry_s = float(exc.retry_after) if exc.retry_after is not None else None
+    retry_s = float(found.retry_after) if found.retry_after is not None else None
     body = events.retry(retry_s) + events.encode(
         Format.SSE,
         events.ERROR,
         revision,
-        problems.problem_body(exc.status, exc.title, exc.detail, exc.type),
-        event_id=b"" if exc.status == 410 else None,
+        problems.error_body(exc),
+        event_id=b"" if found.status == 410 else None,
     )
     await send({"type": "http.response.start", "status": 200, "headers": _stream_headers(Format.SSE)})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
@@ -168,7 +169,7 @@ async def watch_collection(scope: Scope, receive: Receive, send: Send, query: Li
 async def _send_initial_state(hub: ChangeHub, stream: Stream, filter: SessionFilter, send: Send) -> int | None:
     """ADDED for every session that matches now, then the initial_events_end bookmark; the
     revision they reflect (None if the stream ended meanwhile)."""
-    # Off the loop: O(matching sessions) under the store's lock (tens of ms at a million).
+    # Off the loop: O(matching sessions) under the store's lock, long for a large folder.
     summaries, revision = await hub.loader.run(
         functools.partial(
             hub.store.snapshot, statuses=filter.statuses, user_id=filter.user_id, include_saved=filter.include_saved
@@ -216,11 +217,12 @@ async def _catch_up(hub: ChangeHub, stream: Stream, filter: SessionFilter, posit
                 events.error(
                     format,
                     hub.token(hub.delivered),
-                    410,
-                    "Revision expired",
-                    "the changes since this stream's revision are no longer held: list again and watch from "
-                    "the list's X-Revision",
-                    "/problems/revision-expired",
+                    problems.error_body(
+                        RevisionExpired(
+                            "the changes since this stream's revision are no longer held: list again and watch "
+                            "from the list's X-Revision"
+                        )
+                    ),
                 )
             )
             return False
@@ -353,10 +355,8 @@ async def _wait_and_answer(
             if current is None:
                 current = await scope["state"]["loader"].load(job_id)
         except ServiceError as exc:  # deleted (404), or unreadable now (503)
-            headers = {"Preference-Applied": applied[1].decode()}
-            if exc.retry_after is not None:
-                headers["Retry-After"] = exc.retry_after
-            await problems.problem(exc.status, exc.title, exc.detail, exc.type, headers)(scope, receive, send)
+            response = problems.error_response(exc, {"Preference-Applied": applied[1].decode()})
+            await response(scope, receive, send)
             return reason
         if current.etag == document.etag and loop.time() < deadline:
             continue  # changed and changed back before we looked: still the client's version

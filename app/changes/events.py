@@ -1,6 +1,6 @@
 """Change-stream events as bytes on the wire: NDJSON (one JSON object a line) or Server-Sent
 Events (`id:`, `event:`, `data:`). An event is encoded once per format and filter, then shared
-by every stream that wants it (SPEC §6)."""
+by every stream that wants it (docs/contract.md#change-stream)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import enum
 import random
 
 import orjson
-
-from app.api.problems import problem_body
 
 
 class Format(enum.Enum):
@@ -84,8 +82,9 @@ def one_line(document: bytes) -> bytes:
     return document
 
 
-def error(format: Format, revision: bytes, status: int, title: str, detail: str, type_: str) -> bytes:
-    return encode(format, ERROR, revision, problem_body(status, title, detail, type_))
+def error(format: Format, revision: bytes, problem: bytes) -> bytes:
+    """An ERROR event; `problem` is the problem document (app.api.problems builds it)."""
+    return encode(format, ERROR, revision, problem)
 
 
 # An EventSource reconnects this long after its stream ends: spread, so that the pages of a

@@ -1,4 +1,4 @@
-"""The change hub: from the store's change log to every stream and waiting request (SPEC §6).
+"""The change hub: from the store's change log to every stream and waiting request (docs/contract.md#change-stream).
 
 The reconciler thread applies a batch of changes, then calls `notify` once; `notify` schedules
 one delivery on the event loop (behind a "scheduled" flag, so a burst costs one wake-up). A
@@ -27,14 +27,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from app.api.listing import SessionFilter
 from app.changes import events
 from app.changes.deadlines import Deadline, Deadlines
 from app.changes.events import Format
 from app.changes.streams import End, JobStream, Kind, Stream
-from app.errors import NotServingStreams, TooManyStreams
+from app.errors import NotServingStreams, ServiceError, StreamFellBehind, TooManyStreams
 from app.settings import Settings
 from app.store.changelog import Expired, StoreChange
+from app.store.index import SessionFilter
 from app.store.loader import MissLoader
 from app.store.sessionfile import Document
 from app.store.store import SessionStore
@@ -96,10 +96,19 @@ class StreamStats:
 
 
 class ChangeHub:
-    def __init__(self, store: SessionStore, loader: MissLoader, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        loader: MissLoader,
+        settings: Settings,
+        error_body: Callable[[ServiceError], bytes],
+    ) -> None:
         self.store = store
         self.loader = loader
         self.settings = settings
+        # The problem document of an error, for a stream's ERROR event: the API's problem table
+        # (app.api.problems) knows how errors are told, the hub only when to tell them.
+        self.error_body = error_body
         self.stats = StreamStats()
         self.delivered = 0  # every change up to this revision has been handed to the streams
         self.ready = False  # the warm-up is done: the log holds the history streams need
@@ -269,15 +278,13 @@ class ChangeHub:
             self.stats.sent(Kind.COLLECTION, events.ERROR, 1)
 
     def _fell_behind_error(self, format: Format) -> bytes:
-        return events.error(
-            format,
-            self.token(self.delivered),
-            410,
-            "Stream fell behind",
-            "this stream fell behind the changes by more than its buffer; list again and watch from "
-            "the list's X-Revision",
-            "/problems/stream-fell-behind",
+        problem = self.error_body(
+            StreamFellBehind(
+                "this stream fell behind the changes by more than its buffer; list again and watch from "
+                "the list's X-Revision"
+            )
         )
+        return events.error(format, self.token(self.delivered), problem)
 
     def _refresh_job(self, job_id: str, revision: bytes, changed_at: float | None) -> None:
         """Offer the job's current version to its streams, and wake the waits it concerns."""

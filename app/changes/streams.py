@@ -25,6 +25,13 @@ from app.store.sessionfile import Document
 COLLECTION_BUFFER_BYTES = 1024 * 1024
 
 
+# An ASGI extension the server's protocol offers to streams (scope["extensions"]): a callable
+# that writes one chunk of the response body at once, without a trip through the request's task
+# and the middleware's `send` wrappers, and returns False when it cannot (the client is not
+# keeping up, or the response is not a chunked one in progress): the stream then sends as usual.
+STREAM_WRITE = "sessions.stream_write"
+
+
 class Kind(enum.Enum):
     COLLECTION = "collection"
     JOB = "job"
@@ -64,7 +71,7 @@ class Stream:
         self.ended: End | None = None
         self.last_push = 0.0  # loop time of the last event pushed: when a bookmark is due
         self._touch = touch  # tells the hub this stream just had an event (bookmarks)
-        # The server's direct write (app.server.httpprotocol.STREAM_WRITE), once the stream is live:
+        # The server's direct write (STREAM_WRITE), once the stream is live:
         # an event for an idle stream whose client keeps up is written at once, with no wake-up
         # of its task. Anything else goes through the buffer and the task's `send`.
         self.write_now: Callable[[bytes], bool] | None = None

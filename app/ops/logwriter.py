@@ -8,14 +8,15 @@ buffer= flush=`). A stdout that stops draining (a stuck log shipper) blocks that
 what waits is bounded, the lines past the bound are dropped and counted, and once a write goes
 through again one line says how many.
 
-Measured under wrk on one core (issue 9), a request can spend a few microseconds on its access
-line, and every thread wake-up and GIL hand-over counts:
+A cache hit takes a few microseconds, so its access line must cost far less, and every thread
+wake-up and GIL hand-over counts (`python -m bench --only get` compares access log on and off):
 - a request only queues a tuple of values it has at hand. Making the line there and then, in
-  caches the rest of the request keeps cold, cost 15 % of a cache hit; made BATCH_LINES at a
-  time, it costs a few percent. The batch is made by whichever thread queues the line that
-  completes it (at load, the event loop: no hand-over), else by the writer thread on its timer.
+  caches the rest of the request keeps cold, costs a visible share of a cache hit; made
+  BATCH_LINES at a time, it costs little. The batch is made by whichever thread queues the line
+  that completes it (at load, the event loop: no hand-over), else by the writer thread on its
+  timer.
 - the writer thread wakes on its timer, not per 64 KiB: each wake-up takes the GIL from the
-  event loop twice, and waking per 64 KiB cost the loop 10 %.
+  event loop twice.
 - the queues are deques, whose append and popleft the GIL makes atomic: no lock per line.
 - an entry holds only strings, numbers and bytes: the garbage collector stops tracking such a
   tuple, where a thousand tracked ones waiting would be walked at every collection.
@@ -69,8 +70,8 @@ class LogWriter:
         except OSError:
             mode = 0
         # Writes to a pipe or socket of at most PIPE_BUF bytes are never interleaved with other
-        # processes' writes (the workers of `--workers N` share the supervisor's stdout): cut at
-        # line ends into pieces of that size there. A file takes one large write.
+        # processes' writes (a wrapper or sidecar may share the container's stdout): cut at line
+        # ends into pieces of that size there. A file takes one large write.
         self._piece_bytes = select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 1 << 62
         self._queue: deque[bytes | Entry] = deque()  # lines and entries, oldest first
         self.formatter: Callable[..., bytes] | None = None  # makes an entry into its line

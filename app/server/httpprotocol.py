@@ -33,28 +33,22 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.api.problems import problem_body
+from app.api.problems import PROBLEM_JSON, error_body
+from app.api.routes import may_stream
+from app.changes.streams import STREAM_WRITE
+from app.errors import HeadTooLarge
 from app.lifecycle import DRAINING
 
 MAX_HEAD_BYTES = 64 * 1024
 
-_TOO_LARGE_BODY = problem_body(
-    431, "Request Header Fields Too Large", f"a request line and headers are limited to {MAX_HEAD_BYTES} bytes"
-)
+_TOO_LARGE_BODY = error_body(HeadTooLarge(f"a request line and headers are limited to {MAX_HEAD_BYTES} bytes"))
 # Written straight to the transport: the request never reaches the app to be answered there.
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/problem+json\r\n"
+    b"content-type: %s\r\n"
     b"content-length: %d\r\n"
-    b"connection: close\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+    b"connection: close\r\n\r\n%s" % (PROBLEM_JSON.encode(), len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
 )
-
-
-# An ASGI extension this protocol offers to streams (scope["extensions"]): a callable that
-# writes one chunk of the response body at once, without a trip through the request's task and
-# the middleware's `send` wrappers, and returns False when it cannot (the client is not keeping
-# up, or the response is not a chunked one in progress): the stream then sends as usual.
-STREAM_WRITE = "sessions.stream_write"
 
 
 class CountingTransport:
@@ -125,7 +119,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = -1
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope and b"watch" in self.scope["query_string"]:
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and may_stream(self.scope["path"], self.scope["query_string"])
+        ):
             # Perhaps a stream: count its writes, for the stalled-reader check, and let it write
             # its events straight to the transport.
             self.counting = counting = CountingTransport(self.transport)

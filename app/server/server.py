@@ -12,38 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import resource
 import signal
 import socket
 import sys
-import tempfile
 import time
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from prometheus_client import multiprocess as prometheus_multiprocess
-from starlette.applications import Starlette
-from uvicorn.supervisors import multiprocess
 
 from app.api.application import create_app
 from app.lifecycle import SHUTDOWN, Shutdown
 from app.ops import logwriter
-from app.ops.logs import configure_logging
 from app.server.httpprotocol import BoundedHttpProtocol, close_stalled_requests
-from app.settings import Settings, load_settings
+from app.settings import Settings
 
 logger = logging.getLogger("app.server")
 
-APP_FACTORY = "app.server.server:worker_app"
 SWITCH_INTERVAL_S = 0.001
 # While uvicorn waits for responses to finish at shutdown, a client that has stopped reading
 # would hold the process until the graceful timeout: let it go after this long without progress.
 SHUTDOWN_STALL_S = 1.0
 # uvicorn's main loop ticks ten times a second; once a second does its work here (the date
 # header, the sweep of stalled requests), with a signal or the drain deadline waking it at once:
-# an idle process costs fewer wake-ups (they were a third of its idle CPU).
+# an idle process wakes up less, and idle wake-ups are most of an idle process's CPU.
 TICK_S = 1.0
 
 
@@ -118,13 +111,11 @@ class DrainingServer(uvicorn.Server):
             close_stalled_requests(self.server_state.connections, loop.time(), timeout)
 
 
-def _config(settings: Settings, app: Any, host: str, port: int, workers: int) -> uvicorn.Config:
+def _config(settings: Settings, app: Any, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        factory=isinstance(app, str),
         host=host,
         port=port,
-        workers=workers,
         loop="uvloop",
         http=BoundedHttpProtocol,
         lifespan="on",
@@ -141,32 +132,6 @@ def _config(settings: Settings, app: Any, host: str, port: int, workers: int) ->
     )
 
 
-def worker_app() -> Starlette:
-    """The app factory each `--workers` process calls. Workers are spawned, not forked: they
-    inherit the environment but not the logging set up by `python -m app`."""
-    settings = load_settings(os.environ)
-    configure_logging(settings)
-    return create_app(settings, SHUTDOWN)
-
-
-class _DrainingProcess(multiprocess.Process):
-    """A uvicorn worker process whose server drains like the single-process one."""
-
-    @property
-    def server(self) -> uvicorn.Server:
-        if self._server is None:
-            delay = load_settings(os.environ).shutdown_delay_s
-            self._server = DrainingServer(self.config, delay, SHUTDOWN)
-        return self._server
-
-    def join(self) -> None:
-        super().join()
-        # A dead worker's live gauges (loop lag, sessions, cache...) would otherwise stay in
-        # the sum across workers for ever; its counters stay, as Prometheus expects.
-        if self.pid is not None and (metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
-            prometheus_multiprocess.mark_process_dead(self.pid, metrics_dir)  # type: ignore[no-untyped-call]
-
-
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft limit on open files to the hard limit, as nginx's worker_rlimit_nofile
     does: every stream holds a socket, and the default soft limit (often 1024) would cap a
@@ -181,26 +146,19 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def run(settings: Settings, host: str, port: int, workers: int) -> None:
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve in this process until a signal stops it. One process per container: several
+    processes on one machine are replicas behind the load balancer (`make cluster`), whose
+    hashing keeps each job's requests, and a stream's resumes, on the replica that holds its
+    history."""
     soft, hard = raise_open_file_limit()
     logger.info("open-file limit", extra={"soft": soft, "hard": hard, "max_streams": settings.max_streams})
     # The event loop shares the GIL with the reconciler's thread; by default a thread that wants
     # the GIL may wait 5 ms for it, several times per request. 1 ms keeps requests fast while a
     # warm-up or rescan runs, for a little more switching.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    if workers == 1:
-        config = _config(settings, create_app(settings, SHUTDOWN), host, port, workers)
-        DrainingServer(config, settings.shutdown_delay_s, SHUTDOWN).run()
-        # The access lines of the requests answered while draining, and the shutdown's lines,
-        # may still be queued: written before the process exits (workers do it at exit).
-        logwriter.close()
-        return
-    # One process per worker, each with its own cache and watcher (the factory reads the same
-    # environment); metrics add up across them through prometheus-client's multiprocess files.
-    with tempfile.TemporaryDirectory(prefix="sessions-metrics-") as metrics_dir:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        config = _config(settings, APP_FACTORY, host, port, workers)
-        sock = config.bind_socket()
-        # uvicorn's supervisor builds its workers from this module global; there is no hook.
-        multiprocess.Process = _DrainingProcess  # type: ignore[misc]
-        multiprocess.Multiprocess(config, sockets=[sock]).run()
+    config = _config(settings, create_app(settings, SHUTDOWN), host, port)
+    DrainingServer(config, settings.shutdown_delay_s, SHUTDOWN).run()
+    # The access lines of the requests answered while draining, and the shutdown's lines, may
+    # still be queued: written before the process exits.
+    logwriter.close()

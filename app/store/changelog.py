@@ -1,4 +1,4 @@
-"""Revisions and the change log: what a watch resumes from (SPEC §6).
+"""Revisions and the change log: what a watch resumes from (docs/contract.md#revisions).
 
 A revision names one process's history: `<boot id>.<counter>`, where the boot id is random per
 process. A token from another replica, or from this replica before a restart, carries another
@@ -15,14 +15,12 @@ from __future__ import annotations
 import base64
 import os
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from app.errors import BadRequest
+from app.errors import InvalidRevision
+from app.store.entry import Entry
 
-if TYPE_CHECKING:
-    from app.store.store import Entry
-
-# SPEC §6: at most 64 characters of A-Za-z0-9._-
+# docs/contract.md#revisions: at most 64 characters of A-Za-z0-9._-
 REVISION_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _REVISION = re.compile(REVISION_PATTERN)
 _OURS = re.compile(r"([a-z2-7]{12})\.(\d{1,19})")
@@ -92,10 +90,12 @@ class ChangeLog:
         return changes  # type: ignore[return-value]  # every slot in (start, head] is filled
 
     def parse(self, token: str) -> int:
-        """The revision a token names in this history. BadRequest for what cannot be a
+        """The revision a token names in this history. InvalidRevision for what cannot be a
         revision at all; Expired for a revision of another history or one no longer held."""
         if not _REVISION.fullmatch(token):
-            raise BadRequest(f"{token[:80]!r} is not a revision: 1 to 64 of A-Z a-z 0-9 . _ -, as the server gave it")
+            raise InvalidRevision(
+                f"{token[:80]!r} is not a revision: 1 to 64 of A-Z a-z 0-9 . _ -, as the server gave it"
+            )
         match = _OURS.fullmatch(token)
         if match is None or match.group(1) != self.boot_id:
             raise Expired(token)

@@ -10,16 +10,34 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
+from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
-from app.store.sessionfile import FINISHED_STATUSES
+from app.settings import FINISHED_STATUSES
 
 # (-updated instant in ns, job id, summary JSON): ascending is newest first, then by job id. The
 # first two are unique, so the JSON is never compared: it rides along so that a page is read
 # straight off the sorted keys. A cursor is (instant, job id, AFTER): just past that session.
 Key = tuple[int, str, bytes]
 AFTER = b"\xff"  # sorts after any JSON text
+
+
+class SessionFilter(NamedTuple):
+    """The filters a list and a collection watch share. Hashable: watches are grouped by it."""
+
+    statuses: frozenset[str] | None
+    user_id: str | None
+    include_saved: bool
+    finished: frozenset[str] = FINISHED_STATUSES  # what include_saved=false leaves out (a setting)
+
+    def matches(self, status: str | None, user_id: str | None) -> bool:
+        """The index's rule: a status that is not a string matches no status filter."""
+        return (
+            (self.statuses is None or status in self.statuses)
+            and (self.user_id is None or user_id == self.user_id)
+            and (self.include_saved or status not in self.finished)
+        )
 
 
 class _Group:

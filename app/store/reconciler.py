@@ -1,32 +1,36 @@
 """The reconciler: one worker thread that keeps the store equal to the folder.
 
-It warms the store at start-up, then applies what the watcher reports and, periodically, a
-rescan that compares the folder with the store (the safety net for whatever events miss). Being
-the store's only writer, it never races itself: a slow read cannot overwrite a newer one.
+It warms the store at start-up, then applies what the watcher (or the poller, where native
+events cannot be trusted) reports and, periodically, a rescan that compares the folder with the
+store (the safety net for whatever events miss). Being the store's only writer, it never races
+itself: a slow read cannot overwrite a newer one. Other threads only read files for it (the
+warm-up's readers) or tell it what to look at (`pending`).
 """
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import Settings
 from app.store import fileversion, sessionfile
+from app.store.announcements import AnnouncementReader
 from app.store.fileversion import signature
 from app.store.pending import PendingChanges
+from app.store.poller import Poller, folder_key, list_folder
 from app.store.sessionfile import LoadedFile, job_id_for
 from app.store.store import Change, SessionStore
 from app.store.watcher import NativeWatcher
-from app.store.watchmode import WatchPlan, plan
+from app.store.watchmode import WatchPlan, events_trusted, plan
 
 logger = logging.getLogger("app.reconciler")
 
@@ -35,6 +39,14 @@ WARM_BATCH = 256  # files applied per lock acquisition during the warm-up
 RETRY_DELAY_S = 0.5  # after a transient read error (out of file descriptors, memory)
 ANNOUNCE_EVERY = 256  # changes: a long rescan hands its changes to the streams as it goes
 WATCHER_START_TIMEOUT_S = 5.0
+# The warm-up's readers. On a network filesystem each file costs round trips, not CPU: read
+# many at once. On a local disk reading is CPU-bound under one interpreter lock: one reader,
+# this thread, keeps the event loop's share of the CPU (and /livez) as it was.
+NETWORK_WARM_THREADS = 16
+WARM_CHUNK = 64  # files per task handed to a reader
+LIST_RETRY_MAX_S = 10.0  # the warm-up retries a folder it cannot list, backing off up to this
+# A folder operation taking longer than this means the file server is not answering.
+FOLDER_SLOW_S = 5.0
 
 
 @dataclass
@@ -44,6 +56,7 @@ class ReconcilerStats:
     rescan_seconds: float = 0.0
     changes: dict[str, int] = field(default_factory=dict)
     transient_errors: int = 0
+    folder_failures: int = 0
 
 
 def _lower_priority() -> None:
@@ -70,8 +83,24 @@ class Reconciler:
         self.watcher: NativeWatcher | None = None
         if self.watch.mode == "native":
             self.watcher = NativeWatcher(self.root, self.pending, self.stop_event)
+        # Writers' announcements (docs/network-volumes.md) are read where the folder is polled:
+        # there they are the only prompt news of a change; native events already report every
+        # write that announcements would.
+        self.announcements: AnnouncementReader | None = None
+        if self.watch.mode == "poll":
+            self.announcements = AnnouncementReader(
+                self.root, self.pending, self.stop_event, direct=not events_trusted(self.watch.filesystem)
+            )
         self._retry: set[str] = set()
-        self._folder_missing = False
+        # On a network filesystem: metadata past the client's attribute cache, reads in parallel.
+        self.network = not events_trusted(self.watch.filesystem) and self.watch.filesystem != "unknown"
+        self.poller: Poller | None = None
+        if self.watch.mode != "off":  # also what the native mode falls back on while it is down
+            self.poller = Poller(self.root, store, settings.poll_interval_s, forced=self.network)
+        # What is true of the folder, for readiness, metrics and logs: reachable or not (and
+        # why), and since when a folder operation has been running (a hung server).
+        self.folder_error: str | None = None
+        self._busy_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="sessions-reconciler", daemon=True)
         # Hooks for metrics: every applied change, and the lag from a file's modification to
         # the moment its new version is served.
@@ -86,6 +115,8 @@ class Reconciler:
     def start(self) -> None:
         if self.watcher is not None:
             self.watcher.start()
+        if self.announcements is not None:
+            self.announcements.start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -95,6 +126,35 @@ class Reconciler:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.watcher is not None:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
+        if self.announcements is not None:
+            self.announcements.join(max(0.0, deadline - time.monotonic()))
+
+    # --- what is true of the folder ----------------------------------------------------------------
+
+    def folder_state(self) -> str:
+        """The folder's state: "ok", "unreachable" (the last operation failed) or "not answering" (one has been
+        running for FOLDER_SLOW_S): read from any thread."""
+        busy_since = self._busy_since
+        if busy_since is not None and time.monotonic() - busy_since > FOLDER_SLOW_S:
+            return "not answering"
+        return "ok" if self.folder_error is None else "unreachable"
+
+    def _folder_failed(self, exc: OSError) -> None:
+        if self.folder_error is None:
+            self.stats.folder_failures += 1
+            logger.error(
+                "cannot list the sessions folder; serving what is in memory",
+                extra={"folder": str(self.root), "error": str(exc)},
+            )
+        self.folder_error = exc.strerror or str(exc)
+
+    def _folder_answered(self) -> bool:
+        """Record that the folder answered; True if it had not been (time to catch up)."""
+        if self.folder_error is None:
+            return False
+        logger.warning("sessions folder is back", extra={"folder": str(self.root)})
+        self.folder_error = None
+        return True
 
     # --- the thread ------------------------------------------------------------------------------
 
@@ -102,13 +162,24 @@ class Reconciler:
         _lower_priority()
         if self.watcher is not None:
             self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
+        if self.announcements is not None:
+            self.announcements.settled.wait(WATCHER_START_TIMEOUT_S)
         self._warm_up()
+        if self.stop_event.is_set():
+            return
         self.ready.set()
         self.on_applied()  # the history begins: streams can open
-        next_rescan = time.monotonic() + self._rescan_interval()
+        rescan_interval = self.settings.rescan_interval_s
+        next_rescan = time.monotonic() + rescan_interval if rescan_interval else None
+        next_poll: float | None = None
         while not self.stop_event.is_set():
-            interval = self._rescan_interval()
-            timeout = None if interval == 0 else max(0.0, next_rescan - time.monotonic())
+            now = time.monotonic()
+            if self._polling():
+                next_poll = now if next_poll is None else next_poll
+            else:
+                next_poll = None
+            due = [moment for moment in (next_rescan, next_poll) if moment is not None]
+            timeout = max(0.0, min(due) - now) if due else None
             if self._retry:
                 timeout = RETRY_DELAY_S if timeout is None else min(timeout, RETRY_DELAY_S)
             job_ids, rescan = self.pending.take(timeout)
@@ -120,22 +191,44 @@ class Reconciler:
                     self._retry = set()
                 for job_id in job_ids:
                     self._reconcile_one(job_id)
-                if rescan or (interval and time.monotonic() >= next_rescan):
+                now = time.monotonic()
+                if rescan or (next_rescan is not None and now >= next_rescan):
                     self._rescan()
-                    next_rescan = time.monotonic() + self._rescan_interval()
+                    if rescan_interval:
+                        next_rescan = time.monotonic() + rescan_interval
+                elif next_poll is not None and now >= next_poll:
+                    self._poll()
+                    next_poll = max(now + self.settings.poll_interval_s, time.monotonic())
             except Exception:  # never let one bad surprise stop the store from updating
                 logger.exception("reconciler error; rescanning")
                 self.pending.request_rescan()
                 self.stop_event.wait(1.0)
             finally:
+                self._busy_since = None
                 self._announce()
 
-    def _rescan_interval(self) -> float:
+    def _polling(self) -> bool:
+        if self.poller is None:
+            return False
         if self.watch.mode == "poll":
-            return self.settings.poll_interval_s
-        if self.watcher is not None and not self.watcher.healthy.is_set():
-            return self.settings.poll_interval_s  # the native watch is down: poll meanwhile
-        return self.settings.rescan_interval_s
+            return True
+        return self.watcher is not None and not self.watcher.healthy.is_set()  # events are down
+
+    def _poll(self) -> None:
+        assert self.poller is not None
+        self._busy_since = time.monotonic()
+        try:
+            job_ids, replaced = self.poller.step()
+        except OSError as exc:
+            self._folder_failed(exc)
+            return
+        finally:
+            self._busy_since = None
+        if self._folder_answered() or replaced:
+            self._rescan()  # catch up on whatever changed while it could not be seen
+            return
+        for job_id in job_ids:
+            self._reconcile_one(job_id)
 
     # --- warm-up -----------------------------------------------------------------------------------
 
@@ -154,23 +247,16 @@ class Reconciler:
 
     def _load_everything(self) -> None:
         started = time.monotonic()
-        try:
-            job_ids = self._list()
-        except OSError as exc:
-            logger.error("cannot list the sessions folder", extra={"folder": str(self.root), "error": str(exc)})
-            job_ids = []
-            self.pending.request_rescan()
+        listing = self._list_until_listed()
+        if listing is None:
+            return  # stopped
+        job_ids, folder = listing
         batch: list[LoadedFile] = []
-        for job_id in job_ids:
-            try:
-                loaded = self._read(job_id)
-            except Exception:  # one surprise must not leave the service warming for ever
-                logger.exception("cannot read a session file; will retry", extra={"job_id": job_id})
-                self._retry.add(job_id)
+        for job_id, outcome in self._read_many(job_ids):
+            if isinstance(outcome, BaseException):
+                self._settle(job_id, outcome)
                 continue
-            if loaded is None:
-                continue
-            batch.append(loaded)
+            batch.append(outcome)
             if len(batch) == WARM_BATCH:
                 self.store.warm(batch)
                 batch = []
@@ -178,6 +264,9 @@ class Reconciler:
                     return
         self.store.warm(batch)
         self.store.finish_warm_up()
+        if self.poller is not None:
+            self.poller.listed(job_ids, folder)
+            self.poller.seed()
         self.stats.warmup_seconds = time.monotonic() - started
         logger.info(
             "warm-up done",
@@ -188,56 +277,98 @@ class Reconciler:
             },
         )
 
-    def _list(self) -> list[str]:
-        """The job ids of the folder's session files, in directory order, without a stat each:
-        reading the file gives its metadata anyway."""
-        job_ids = []
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                job_id = job_id_for(entry.name)
-                if job_id is None:
-                    continue
-                try:
-                    if entry.is_dir():
-                        continue
-                except OSError:
-                    pass  # a link loop raises: not a folder; reading it says what it is
-                job_ids.append(job_id)
-        return job_ids
+    def _list_until_listed(self) -> tuple[dict[str, int], tuple[int, int, int] | None] | None:
+        """The folder's session files (job id -> inode number, in directory order, without a
+        stat each: reading a file gives its metadata anyway) and the folder's own key from
+        before the listing. A folder that cannot be listed is tried again, backing off, for as
+        long as it takes: ready with nothing in memory would answer 404 for every session."""
+        delay = RETRY_DELAY_S
+        while not self.stop_event.is_set():
+            try:
+                folder = folder_key(os.stat(self.root))
+                listing = list_folder(self.root)
+            except OSError as exc:
+                self._folder_failed(exc)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, LIST_RETRY_MAX_S)
+                continue
+            self._folder_answered()
+            return listing, folder
+        return None
+
+    def _read_many(self, job_ids: dict[str, int]) -> Iterator[tuple[str, LoadedFile | BaseException]]:
+        """Read every file: in this thread on a local disk, by a bounded pool of readers on a
+        network filesystem (a bounded number of chunks in flight, so memory stays bounded). The
+        results come back here, to the store's only writer, in listing order."""
+        if not self.network:
+            for job_id in job_ids:
+                yield job_id, self._try_read(job_id)
+            return
+        chunks = iter([list(job_ids)[start : start + WARM_CHUNK] for start in range(0, len(job_ids), WARM_CHUNK)])
+        in_flight: list[Future[list[tuple[str, LoadedFile | BaseException]]]] = []
+        with ThreadPoolExecutor(
+            NETWORK_WARM_THREADS, thread_name_prefix="sessions-warm", initializer=_lower_priority
+        ) as readers:
+            try:
+                for chunk in chunks:
+                    in_flight.append(readers.submit(self._try_read_chunk, chunk))
+                    if len(in_flight) >= 2 * NETWORK_WARM_THREADS:
+                        yield from in_flight.pop(0).result()
+                        if self.stop_event.is_set():
+                            return
+                while in_flight:
+                    yield from in_flight.pop(0).result()
+            finally:
+                for future in in_flight:
+                    future.cancel()
+
+    def _try_read_chunk(self, job_ids: list[str]) -> list[tuple[str, LoadedFile | BaseException]]:
+        if self.stop_event.is_set():
+            return []
+        return [(job_id, self._try_read(job_id)) for job_id in job_ids]
+
+    def _try_read(self, job_id: str) -> LoadedFile | BaseException:
+        """Read one file, from any thread, changing nothing: the failure, if any, is returned
+        for the reconciler thread to apply."""
+        try:
+            return sessionfile.read(self.root, job_id, self.settings.max_file_bytes, forced=self.network)
+        except Exception as exc:  # one surprise must not leave the service warming for ever
+            return exc
 
     # --- rescans -------------------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, int]:
-        """Every session file in the folder: job id -> signature."""
+    def _scan(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every session file in the folder: job id -> signature, and job id -> inode number."""
         found: dict[str, int] = {}
+        inodes: dict[str, int] = {}
         with os.scandir(self.root) as entries:
             for entry in entries:
                 job_id = job_id_for(entry.name)
                 if job_id is None:
                     continue
+                inodes[job_id] = entry.inode()
                 st = fileversion.stat_following_links(entry.path)
                 if st is None:
                     continue  # deleted since listed
                 if stat.S_ISDIR(st.st_mode):
                     continue  # a sub-folder, whatever its name
                 found[job_id] = signature(st)
-        return found
+        return found, inodes
 
     def _rescan(self) -> None:
         started = time.monotonic()
+        self._busy_since = started
         try:
-            listing = self._scan()
+            folder = folder_key(os.stat(self.root)) if self.poller is not None else None
+            listing, inodes = self._scan()
         except OSError as exc:
-            if not self._folder_missing:
-                logger.error(
-                    "cannot list the sessions folder; serving what is in memory",
-                    extra={"folder": str(self.root), "error": str(exc)},
-                )
-            self._folder_missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            self._folder_failed(exc)
             return
-        if self._folder_missing:
-            logger.warning("sessions folder is back", extra={"folder": str(self.root)})
-            self._folder_missing = False
+        finally:
+            self._busy_since = None
+        self._folder_answered()
+        if self.poller is not None:
+            self.poller.listed(inodes, folder)
         store = self.store
         for job_id, sig in listing.items():
             if store.signature(job_id) != sig or store.is_racy(job_id):
@@ -289,17 +420,29 @@ class Reconciler:
 
     def _read(self, job_id: str, st: os.stat_result | None = None) -> LoadedFile | None:
         """Read one file; what is not a valid session is applied here and gives None."""
-        try:
-            return sessionfile.read(self.root, job_id, self.settings.max_file_bytes)
-        except FileNotFoundError:
+        outcome = self._try_read(job_id)
+        if isinstance(outcome, BaseException):
+            self._settle(job_id, outcome, st)
+            return None
+        return outcome
+
+    def _settle(self, job_id: str, failure: BaseException, st: os.stat_result | None = None) -> None:
+        """Apply what a failed read means: gone, invalid, or to be tried again."""
+        if isinstance(failure, FileNotFoundError):
             self._applied(self.store.apply_deleted(job_id), job_id)
-        except InvalidSessionFile as exc:
+        elif isinstance(failure, InvalidSessionFile):
             if st is None:  # the same signature a rescan will see, or it would see a change
                 st = fileversion.stat_following_links(os.path.join(self.root, job_id + sessionfile.SUFFIX))
-            self._invalid(job_id, st, exc.reason)
-        except TransientReadError as exc:
-            self._transient(job_id, str(exc))
-        return None
+            self._invalid(job_id, st, failure.reason)
+        elif isinstance(failure, TransientReadError):
+            self._transient(job_id, str(failure))
+        else:
+            logger.error(
+                "cannot read a session file; will retry",
+                extra={"job_id": job_id},
+                exc_info=(type(failure), failure, failure.__traceback__),
+            )
+            self._retry.add(job_id)
 
     def _invalid(self, job_id: str, st: os.stat_result | None, reason: str) -> None:
         sig = signature(st) if st is not None else 0
@@ -322,6 +465,8 @@ class Reconciler:
         if change is Change.NONE:
             return
         self.stats.changes[change.value] = self.stats.changes.get(change.value, 0) + 1
+        if self.poller is not None and self.ready.is_set():
+            self.poller.applied(job_id)
         self.on_change(change, job_id)
         self._unannounced += 1
         if self._unannounced >= ANNOUNCE_EVERY:

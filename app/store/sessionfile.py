@@ -26,7 +26,6 @@ from app.store.timestamps import instant_ns
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 SUFFIX = ".json"
-FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -177,9 +176,11 @@ def _open(root: Path, name: str) -> int:
         raise InvalidSessionFile(fileversion.LINK_TO_NOTHING) from exc
 
 
-def read(root: Path, job_id: str, max_bytes: int) -> LoadedFile:
+def read(root: Path, job_id: str, max_bytes: int, *, forced: bool = False) -> LoadedFile:
     """Read and validate `<root>/<job_id>.json`.
 
+    `forced` (on a network filesystem): the open file's size and times are asked of the file
+    server, past the client's attribute cache, so that a file that grew is read whole.
     Raises FileNotFoundError when it does not exist, InvalidSessionFile when it must not be
     served, TransientReadError when the system (not the file) failed us.
     """
@@ -191,7 +192,7 @@ def read(root: Path, job_id: str, max_bytes: int) -> LoadedFile:
     except OSError as exc:
         _raise_for(exc)
     try:
-        st = os.fstat(fd)
+        st = fileversion.forced_fstat(fd) if forced else os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidSessionFile(fileversion.NOT_A_FILE)
         if st.st_size > max_bytes:

@@ -23,11 +23,13 @@ from app.errors import (
     TemporarilyUnavailable,
     TransientReadError,
 )
+from app.settings import FINISHED_STATUSES
 from app.store import sessionfile
 from app.store.cache import DocumentCache
 from app.store.changelog import ChangeLog, StoreChange
+from app.store.entry import Entry
 from app.store.index import Key, SessionIndex
-from app.store.sessionfile import FINISHED_STATUSES, Document, LoadedFile
+from app.store.sessionfile import Document, LoadedFile
 
 MID_WRITE_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
@@ -42,27 +44,6 @@ class Change(enum.Enum):
     STALE = "stale"  # a served session's file turned invalid: still served, marked stale
     INVALID = "invalid"  # a file that was never valid is (still) invalid
     DELETED = "deleted"
-
-
-class Entry:
-    """A valid session (or the last valid version of one whose file is invalid now): what the
-    index and lists need, kept for every session, cached or not. Kept small: one per file."""
-
-    __slots__ = ("key", "status", "user_id", "signature", "etag")
-
-    def __init__(self, loaded: LoadedFile) -> None:
-        summary = loaded.summary
-        self.key = summary.key  # its list position and list item: see app.store.index
-        self.status = summary.status
-        self.user_id = summary.user_id
-        self.signature = loaded.signature
-        # What "unchanged" is decided on, cached or not; the document's own bytes object, so
-        # it costs nothing while the document is cached.
-        self.etag = loaded.document.etag
-
-    @property
-    def summary(self) -> bytes:
-        return self.key[2]
 
 
 class Invalid:
@@ -100,13 +81,15 @@ class SessionStore:
         self._racy: set[str] = set()  # read so soon after a write that a rescan reads them again
         self._cache = DocumentCache(cache_max_entries, cache_max_bytes)
         self._warming: list[tuple[int, str]] | None = []  # heap of cached (instant, id) while warming
-        # The revision of the last change to what is served (SPEC §6), and the log of the last
+        # The revision of the last change to what is served (docs/contract.md#revisions), and the log of the last
         # `history` changes that watches resume from. Both change under the lock only.
         self.revision = 0
         self.log = ChangeLog(history)
         # Called (from any thread) with a job id whose file looks different from what the store
         # holds: the reconciler looks at it again.
         self.on_suspect: Callable[[str], None] = lambda job_id: None
+        # On a network filesystem: read sizes and times past the client's attribute cache.
+        self.forced_reads = False
 
     # --- reads, from any thread ---------------------------------------------------------------
 
@@ -188,11 +171,12 @@ class SessionStore:
     def load_missing(self, job_id: str) -> Document:
         """Read an evicted session back into the cache. Blocking: call it off the event loop.
 
-        A file caught mid-write (a writer rewriting it in place) is read again a few times over
-        ~150 ms before giving up: its last valid version is not in memory to serve instead."""
+        A file caught mid-write (a writer rewriting it in place) is read again after each of
+        MID_WRITE_RETRY_DELAYS_S before giving up: its last valid version is not in memory to
+        serve instead."""
         for delay in (*MID_WRITE_RETRY_DELAYS_S, None):
             try:
-                loaded = sessionfile.read(self.root, job_id, self.max_file_bytes)
+                loaded = sessionfile.read(self.root, job_id, self.max_file_bytes, forced=self.forced_reads)
                 break
             except FileNotFoundError:
                 self.on_suspect(job_id)
@@ -249,6 +233,27 @@ class SessionStore:
 
     def is_racy(self, job_id: str) -> bool:
         return job_id in self._racy
+
+    def has_racy(self) -> bool:
+        return bool(self._racy)
+
+    def racy_ids(self) -> set[str]:
+        return set(self._racy)
+
+    def is_invalid(self, job_id: str) -> bool:
+        return job_id in self._invalid
+
+    def status(self, job_id: str) -> str | None:
+        """The status of the valid version held (served, or pinned while stale), if any."""
+        entry = self._entries.get(job_id)
+        return entry.status if entry is not None else None
+
+    def unsettled_ids(self) -> set[str]:
+        """Sessions that may well change soon: unfinished ones (a status that is not finished,
+        or none) and invalid files. (Racy files are looked at again while they are racy.)"""
+        finished = self.finished_statuses
+        unsettled = {job_id for job_id, entry in self._entries.items() if entry.status not in finished}
+        return unsettled | self._invalid.keys()
 
     def job_ids(self) -> set[str]:
         return self._entries.keys() | self._invalid.keys()

@@ -4,9 +4,12 @@ Sync: SessionsClient, Mirror (a thread), Stop. Async: AsyncSessionsClient, Async
 Both: get with an ETag cache, list across pages, wait on the long poll, watch and watch_job
 with resume, relist and backoff."""
 
-from sessions_client.aio import AsyncSessionsClient
+from sessions_client._async.client import AsyncSessionsClient
+from sessions_client._async.mirror import AsyncMirror
+from sessions_client._sync.client import SessionsClient
+from sessions_client._sync.mirror import Mirror
 from sessions_client.backoff import Backoff
-from sessions_client.client import SessionsClient, Stop
+from sessions_client.concurrency import Stop
 from sessions_client.errors import (
     BadRequest,
     Gone,
@@ -21,7 +24,6 @@ from sessions_client.errors import (
     Unavailable,
     WaitTimeout,
 )
-from sessions_client.mirror import AsyncMirror, Mirror
 from sessions_client.models import (
     FINISHED_STATUSES,
     EventType,
@@ -33,6 +35,7 @@ from sessions_client.models import (
     Summary,
     WatchEvent,
 )
+from sessions_client.writer import SessionWriter
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -53,6 +56,7 @@ __all__ = [
     "Session",
     "SessionDeleted",
     "SessionList",
+    "SessionWriter",
     "SessionsClient",
     "SessionsError",
     "Stop",

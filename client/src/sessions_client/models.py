@@ -26,7 +26,7 @@ def _text(value: object) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """The filters a list and a collection watch share (SPEC §4)."""
+    """The filters a list and a collection watch share (docs/contract.md#http-api)."""
 
     statuses: frozenset[str] | None = None
     user_id: str | None = None

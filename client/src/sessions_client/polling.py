@@ -1,5 +1,5 @@
 """Reads and waits, without their I/O: the ETag cache `get` revalidates against, what a GET's
-answer means, a list assembled from its pages, and `wait`'s loop of long polls (SPEC §6:
+answer means, a list assembled from its pages, and `wait`'s loop of long polls (docs/contract.md#change-stream:
 If-None-Match + `Prefer: wait=N`; 200 a new version, 404 deleted, 304 no change)."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from sessions_client.models import Page, Session, Summary
 
 JOBS = "/api/v2/jobs"
 NDJSON = "application/x-ndjson"
-# SPEC §3; checked here because httpx would resolve a job id such as ".." inside the URL.
+# docs/contract.md#files; checked here because httpx would resolve a job id such as ".." inside the URL.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Events are one line; a job watch's carries a whole document (SESSIONS_MAX_FILE_BYTES, 8 MiB by
 # default). A line past this is no event of this service: the stream is dropped and resumed.
@@ -84,11 +84,16 @@ class LineDecoder:
         return bool(self._buffer.strip())
 
 
-def load_event(line: bytes) -> dict[str, Any]:
+def load_json(body: bytes, what: str) -> Any:
+    """`body` parsed; a ProtocolError naming `what` (an event, a list page...) if it is not JSON."""
     try:
-        event = json.loads(line)
+        return json.loads(body)
     except ValueError as exc:
-        raise ProtocolError(f"an event that is not JSON: {line[:200]!r}") from exc
+        raise ProtocolError(f"{what} that is not JSON: {body[:200]!r}") from exc
+
+
+def load_event(line: bytes) -> dict[str, Any]:
+    event = load_json(line, "an event")
     if (
         not isinstance(event, dict)
         or not isinstance(event.get("type"), str)
@@ -112,10 +117,7 @@ def next_query(link: str | None) -> str | None:
 
 
 def load_page(headers: Mapping[str, str], body: bytes) -> Page:
-    try:
-        items = json.loads(body)
-    except ValueError as exc:
-        raise ProtocolError(f"a list page that is not JSON: {body[:200]!r}") from exc
+    items = load_json(body, "a list page")
     if not isinstance(items, list):
         raise ProtocolError("a list page that is not a JSON array")
     total = headers.get("x-total-count")
@@ -128,10 +130,7 @@ def load_page(headers: Mapping[str, str], body: bytes) -> Page:
 
 
 def load_document(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise ProtocolError(f"a session that is not JSON: {body[:200]!r}") from exc
+    document = load_json(body, "a session")
     if not isinstance(document, dict):
         raise ProtocolError("a session that is not a JSON object")
     return document

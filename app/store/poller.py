@@ -1,0 +1,180 @@
+"""Polling whose cost follows what changes, not what exists (docs/network-volumes.md).
+
+In a real folder most sessions are finished and never change again. Each polling period this
+decides which job ids the reconciler should look at again, without a stat per file:
+
+- the folder itself is stat-ed: a creation, a rename or a deletion changes its modification
+  time, and only then is it listed (names and the inode numbers the listing gives, no stat
+  per file): new names, vanished names and names whose inode changed (a file renamed over
+  another) are looked at;
+- the "hot" sessions are stat-ed one by one: unfinished ones, files that are invalid or were
+  read too soon after a write to trust their timestamps ("racy"), and sessions that changed
+  recently; a rewrite in place shows there;
+- everything else (finished, long unchanged sessions) is left to the full rescan every
+  SESSIONS_RESCAN_INTERVAL_S, which reads a listing and stats in bulk (on a network mount
+  one listing fetches every file's attributes at once, far cheaper than one request each).
+
+On a network filesystem the stats go past the client's attribute cache (fileversion's forced
+stat), so a hot session's change shows within the polling period instead of the cache's
+lifetime, where the filesystem allows it.
+
+It runs in the reconciler thread and reads the store's reconciler-side state; it never writes
+the store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.store import fileversion, sessionfile
+from app.store.fileversion import signature
+from app.store.sessionfile import job_id_for
+from app.store.store import SessionStore
+
+# A finished session that changed stays hot this long: writers often touch a session again
+# shortly after finishing it (a result, a late status).
+HOT_WINDOW_S = 600.0
+# A listing of the folder may take at most this share of the time (the rest of the cost on a
+# network mount): after one that took 1 s, the next waits at least 1 / share seconds.
+LISTING_SHARE = 0.25
+# Inode numbers that mean "unknown" (FUSE filesystems that do not pass them through, sshfs).
+_UNKNOWN_INODES = frozenset({0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF})
+
+
+def list_folder(root: Path) -> dict[str, int]:
+    """job id -> inode number of every session file name, without a stat per entry."""
+    found: dict[str, int] = {}
+    with os.scandir(root) as entries:
+        for entry in entries:
+            job_id = job_id_for(entry.name)
+            if job_id is not None:
+                found[job_id] = entry.inode()
+    return found
+
+
+def folder_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+@dataclass
+class PollStats:
+    periods: int = 0
+    probes: int = 0  # stats of hot files
+    listings: int = 0  # listings of the folder (without a stat per file)
+
+
+class Poller:
+    def __init__(self, root: Path, store: SessionStore, period_s: float, *, forced: bool) -> None:
+        self.root = root
+        self.store = store
+        self.period_s = period_s
+        # On a network filesystem: stats past the attribute cache. Locally: plain stats.
+        self.stat: Callable[[str], os.stat_result] = fileversion.forced_stat if forced else os.stat
+        self.stats = PollStats()
+        self.hot: set[str] = set()
+        self._cooling: dict[str, float] = {}  # finished sessions hot until this monotonic time
+        self._names: dict[str, int] | None = None  # the last listing; None before the first
+        self._folder: tuple[int, int, int] | None = None
+        self._folder_racy = False
+        self._listing_wanted = False
+        self._next_listing = 0.0
+
+    # --- what the reconciler tells ---------------------------------------------------------------
+
+    def seed(self) -> None:
+        """After the warm-up: every session that is not settled is hot."""
+        self.hot = self.store.unsettled_ids()
+
+    def applied(self, job_id: str) -> None:
+        """A change to `job_id` was applied: keep it hot (while unfinished, or for a while)."""
+        status = self.store.status(job_id)
+        if status is None and not self.store.is_invalid(job_id):
+            self.hot.discard(job_id)  # deleted
+            self._cooling.pop(job_id, None)
+            return
+        self.hot.add(job_id)
+        if status in self.store.finished_statuses and not self.store.is_invalid(job_id):
+            self._cooling[job_id] = time.monotonic() + HOT_WINDOW_S
+        else:
+            self._cooling.pop(job_id, None)
+
+    def listed(self, names: dict[str, int], folder: tuple[int, int, int] | None) -> None:
+        """A full listing (the warm-up's or a rescan's), and the folder's key from before it."""
+        self._names = names
+        if folder is not None:
+            self._folder = folder
+
+    def probe_folder(self) -> tuple[int, int, int]:
+        """The folder's key now (raises OSError when it cannot be reached)."""
+        return folder_key(self.stat(str(self.root)))
+
+    # --- one period ---------------------------------------------------------------------------------
+
+    def step(self) -> tuple[set[str], bool]:
+        """The job ids to look at again this period, and whether the folder itself was replaced
+        (then everything is). Raises OSError when the folder cannot be stat-ed or listed (the
+        server is gone): nothing is decided then."""
+        self.stats.periods += 1
+        now = time.monotonic()
+        wanted: set[str] = set()
+        st = self.stat(str(self.root))
+        key = folder_key(st)
+        if self._folder is not None and key[0] != self._folder[0]:
+            self._folder = key
+            return wanted, True
+        if key != self._folder or self._folder_racy:
+            self._listing_wanted = True
+            # Changed within the same timestamp tick as the listing could have seen: list
+            # again until its timestamp is old enough to be trusted.
+            self._folder_racy = fileversion.is_racy(st)
+            self._folder = key
+        if self._listing_wanted and now >= self._next_listing:
+            wanted |= self._relist()
+        self._cool(now)
+        wanted |= self._probe_hot()
+        return wanted, False
+
+    def _relist(self) -> set[str]:
+        started = time.monotonic()
+        names = list_folder(self.root)
+        finished = time.monotonic()
+        self.stats.listings += 1
+        self._listing_wanted = False
+        self._next_listing = finished + max(self.period_s, (finished - started) / LISTING_SHARE)
+        previous, self._names = self._names, names
+        if previous is None:
+            return set(names)
+        wanted = names.keys() ^ previous.keys()
+        for job_id, inode in names.items():
+            before = previous.get(job_id)
+            if before is not None and before != inode and inode not in _UNKNOWN_INODES:
+                wanted.add(job_id)  # another file renamed over it
+        return wanted
+
+    def _cool(self, now: float) -> None:
+        if not self._cooling:
+            return
+        expired = [job_id for job_id, until in self._cooling.items() if until <= now]
+        for job_id in expired:
+            del self._cooling[job_id]
+            if not self.store.is_racy(job_id) and not self.store.is_invalid(job_id):
+                self.hot.discard(job_id)
+
+    def _probe_hot(self) -> set[str]:
+        store, stat, root = self.store, self.stat, str(self.root)
+        wanted: set[str] = set()
+        hot = self.hot | store.racy_ids() if store.has_racy() else self.hot
+        for job_id in hot:
+            try:
+                st = stat(f"{root}/{job_id}{sessionfile.SUFFIX}")
+            except OSError:
+                wanted.add(job_id)  # gone, or unreadable: the reconciler says which
+                continue
+            if signature(st) != store.signature(job_id) or store.is_racy(job_id):
+                wanted.add(job_id)
+        self.stats.probes += len(hot)
+        return wanted
