@@ -170,6 +170,7 @@ class Reconciler:
             job_ids, rescan = self.pending.take(timeout)
             if self.stop_event.is_set():
                 return
+            self._busy_since = time.monotonic()  # a hung read below shows as "not answering"
             try:
                 if self._retry:
                     job_ids |= self._retry
@@ -201,14 +202,11 @@ class Reconciler:
 
     def _poll(self) -> None:
         assert self.poller is not None
-        self._busy_since = time.monotonic()
         try:
             job_ids, replaced = self.poller.step()
         except OSError as exc:
             self._folder_failed(exc)
             return
-        finally:
-            self._busy_since = None
         if self._folder_answered() or replaced:
             self._rescan()  # catch up on whatever changed while it could not be seen
             return
@@ -342,15 +340,12 @@ class Reconciler:
 
     def _rescan(self) -> None:
         started = time.monotonic()
-        self._busy_since = started
         try:
             folder = folder_key(os.stat(self.root)) if self.poller is not None else None
             listing, inodes = self._scan()
         except OSError as exc:
             self._folder_failed(exc)
             return
-        finally:
-            self._busy_since = None
         self._folder_answered()
         if self.poller is not None:
             self.poller.listed(inodes, folder)
