@@ -208,12 +208,21 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(f"network: ready {ready:.2f} s ({ready / local_ready:.1f}x local)", file=sys.stderr)
                 time.sleep(5)  # the first periods after the warm-up
-                pids = [srv.pid, *volume_pids(volume)]
-                before, started = cpu_seconds(pids), time.monotonic()
+                volume_side = volume_pids(volume)
+                before = cpu_seconds([srv.pid]), cpu_seconds(volume_side)
+                started = time.monotonic()
                 time.sleep(options.idle_s)
-                idle = (cpu_seconds(pids) - before) / (time.monotonic() - started)
-                results["network"]["idle_cores"] = idle
-                print(f"network: idle {idle:.3f} cores over {options.idle_s:.0f} s", file=sys.stderr)
+                took = time.monotonic() - started
+                service_idle = (cpu_seconds([srv.pid]) - before[0]) / took
+                volume_idle = (cpu_seconds(volume_side) - before[1]) / took
+                results["network"]["idle_cores"] = service_idle + volume_idle
+                results["network"]["idle_cores_service"] = service_idle
+                results["network"]["idle_cores_volume"] = volume_idle
+                print(
+                    f"network: idle {service_idle + volume_idle:.3f} cores over {took:.0f} s "
+                    f"(service {service_idle:.3f}, sshfs + ssh + sshd {volume_idle:.3f})",
+                    file=sys.stderr,
+                )
                 results["network"]["rename"] = freshness(
                     srv.base_url, volume.server_path, live, options.changes, options.gap_s, False
                 )
