@@ -352,10 +352,19 @@ def test_sessions_volume_is_shared_and_read_only() -> None:
 
 
 def test_network_volume_is_polled() -> None:
+    from app.store.watchmode import plan
+
     volume, _ = sessions_volume()
     if {"persistentVolumeClaim", "nfs", "csi", "azureFile", "cephfs"} & volume.keys():
-        # inotify events do not cross a network file system: only polling sees other nodes' writes.
-        assert container_env().get("SESSIONS_WATCH") == "poll"
+        # inotify events do not cross a network file system: only polling sees other nodes'
+        # writes. The manifests leave the mode to `auto`, which must poll there.
+        env = container_env()
+        setting = env.get("SESSIONS_WATCH", "auto")
+        assert setting in ("auto", "poll"), "native events or none would miss other nodes' writes"
+        folder = env["SESSIONS_DIR"]
+        for fstype, source in (("nfs4", "fs-1.efs:/"), ("cifs", "//files/share"), ("ceph", "mon:/")):
+            mountinfo = f"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n90 1 0:50 / {folder} ro - {fstype} {source} ro\n"
+            assert plan(setting, Path(folder), mountinfo).mode == "poll"
 
 
 def test_api_token_comes_from_a_secret_file() -> None:

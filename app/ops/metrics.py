@@ -248,6 +248,23 @@ class ServiceCollector(Collector):
             "Native watcher restarts after a fault.",
             watcher.restarts if watcher is not None else 0,
         )
+        reader = reconciler.announcements
+        read = reader.stats if reader is not None else None
+        yield self._counter(
+            "sessions_announcements_read",
+            "Job ids read from writers' announcement journals (poll mode; docs/network-volumes.md).",
+            read.announcements if read is not None else 0,
+        )
+        yield self._gauge(
+            "sessions_announcement_journals",
+            "Announcement journals this process follows.",
+            read.journals if read is not None else 0,
+        )
+        yield self._counter(
+            "sessions_announcement_malformed_lines",
+            "Lines of announcement journals that were not job ids (ignored).",
+            read.malformed if read is not None else 0,
+        )
         changes = CounterMetricFamily("sessions_changes", "Changes applied to the store, by kind.", labels=["change"])
         for change in _CHANGES:
             count = stats.changes.get(change)

@@ -23,6 +23,7 @@ from pathlib import Path
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import Settings
 from app.store import fileversion, sessionfile
+from app.store.announcements import AnnouncementReader
 from app.store.fileversion import signature
 from app.store.pending import PendingChanges
 from app.store.poller import Poller, folder_key, list_folder
@@ -82,6 +83,14 @@ class Reconciler:
         self.watcher: NativeWatcher | None = None
         if self.watch.mode == "native":
             self.watcher = NativeWatcher(self.root, self.pending, self.stop_event)
+        # Writers' announcements (docs/network-volumes.md) are read where the folder is polled:
+        # there they are the only prompt news of a change; native events already report every
+        # write that announcements would.
+        self.announcements: AnnouncementReader | None = None
+        if self.watch.mode == "poll":
+            self.announcements = AnnouncementReader(
+                self.root, self.pending, self.stop_event, direct=not events_trusted(self.watch.filesystem)
+            )
         self._retry: set[str] = set()
         # On a network filesystem: metadata past the client's attribute cache, reads in parallel.
         self.network = not events_trusted(self.watch.filesystem) and self.watch.filesystem != "unknown"
@@ -114,6 +123,8 @@ class Reconciler:
     def start(self) -> None:
         if self.watcher is not None:
             self.watcher.start()
+        if self.announcements is not None:
+            self.announcements.start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -123,6 +134,8 @@ class Reconciler:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.watcher is not None:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
+        if self.announcements is not None:
+            self.announcements.join(max(0.0, deadline - time.monotonic()))
         if self._scanner is not None:
             self._scanner.shutdown(wait=False, cancel_futures=True)
 
@@ -159,6 +172,8 @@ class Reconciler:
         _lower_priority()
         if self.watcher is not None:
             self.watcher.settled.wait(WATCHER_START_TIMEOUT_S)
+        if self.announcements is not None:
+            self.announcements.settled.wait(WATCHER_START_TIMEOUT_S)
         self._warm_up()
         if self.stop_event.is_set():
             return

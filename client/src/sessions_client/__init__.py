@@ -35,6 +35,7 @@ from sessions_client.models import (
     Summary,
     WatchEvent,
 )
+from sessions_client.writer import SessionWriter
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -55,6 +56,7 @@ __all__ = [
     "Session",
     "SessionDeleted",
     "SessionList",
+    "SessionWriter",
     "SessionsClient",
     "SessionsError",
     "Stop",
