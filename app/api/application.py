@@ -23,6 +23,7 @@ from app.api.cors import Cors
 from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
+from app.api.page import PageEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
 from app.api.problemtypes import ProblemTypeEndpoint
 from app.api.routes import ROUTES
@@ -145,6 +146,7 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         "metrics": MetricsEndpoint(),
         "openapi": OpenAPIEndpoint(token_required=settings.api_token is not None),
         "problem_type": ProblemTypeEndpoint(),
+        "page": PageEndpoint(),
     }
     routes = [
         # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check
