@@ -12,9 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
 
-from app.api.cors import Cors
+from app.api.application import create_app
 from app.api.middleware import take_access_token
 from app.settings import SettingsError, load_settings
 from tests.support import Server, put_session, start_server, wait_until
@@ -137,26 +136,25 @@ def test_a_stream_varies_on_accept_and_origin(guarded: Server) -> None:
         assert {"accept", "origin"} <= _listed(", ".join(response.headers.get_list("vary")))
 
 
-async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"vary", b"Accept")]})
-    await send({"type": "http.response.body", "body": b"ok"})
+def test_any_origin_with_a_star(tmp_path: Path) -> None:
+    app = create_app(load_settings({"SESSIONS_DIR": str(tmp_path), "SESSIONS_CORS_ORIGINS": "*"}))
 
-
-def test_any_origin_with_a_star() -> None:
     async def scenario() -> None:
-        transport = httpx.ASGITransport(app=Cors(_ok, origins=("*",)))
+        transport = httpx.ASGITransport(app=app)  # /livez needs no lifespan: in process
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            response = await client.get("/", headers={"Origin": "http://anywhere.example"})
+            response = await client.get("/livez", headers={"Origin": "http://anywhere.example"})
+            assert response.status_code == 200
             assert response.headers["access-control-allow-origin"] == "*"
-            assert response.headers.get_list("vary") == ["Accept", "Origin"]
+            assert response.headers.get_list("vary") == ["Origin"]
             preflight = await client.options(
-                "/", headers={"Origin": "http://anywhere.example", "Access-Control-Request-Method": "GET"}
+                "/livez", headers={"Origin": "http://anywhere.example", "Access-Control-Request-Method": "GET"}
             )
             assert preflight.status_code == 204
             assert preflight.headers["access-control-allow-origin"] == "*"
             # OPTIONS without Access-Control-Request-Method is no preflight: the app answers it
-            not_preflight = await client.options("/", headers={"Origin": "http://anywhere.example"})
-            assert not_preflight.status_code == 200
+            not_preflight = await client.options("/livez", headers={"Origin": "http://anywhere.example"})
+            assert not_preflight.status_code == 405
+            assert not_preflight.headers["access-control-allow-origin"] == "*"
 
     asyncio.run(scenario())
 

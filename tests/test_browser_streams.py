@@ -5,11 +5,17 @@ event id. Every SSE stream carries a jittered `retry:`. NDJSON callers keep the 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from app.api.jobs import ApiFastPath
 from app.changes import events
 from tests.support import Server, put_session, start_server
 from tests.watch_support import Watch
@@ -107,3 +113,45 @@ def test_retry_spreads_between_the_bounds() -> None:
     values = {int(events.retry(4.0).split()[1]) for _ in range(50)}
     assert min(values) >= 4000 and max(values) <= 8000 and len(values) > 1
     assert events.retry().endswith(b"\n\n")
+
+
+def _warming_request(accept: str | None) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A watch sent to the API's fast path while the warm-up runs (in process: the warm-up of a
+    real server is over before a test could time a request into it)."""
+
+    async def never(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("no endpoint runs while warming")
+
+    messages: list[Message] = []
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    headers = [(b"accept", accept.encode())] if accept else []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/v2/jobs",
+        "query_string": b"watch=true",
+        "headers": headers,
+        "state": {"reconciler": SimpleNamespace(ready=threading.Event())},
+    }
+    fast = ApiFastPath(never, {"job": never, "jobs": never})
+    asyncio.run(fast(scope, receive, send))
+    start, body = messages[0], b"".join(message.get("body", b"") for message in messages[1:])
+    return start["status"], dict(start["headers"]), body
+
+
+def test_warming_up_is_a_retry_for_an_event_source_and_a_503_for_ndjson() -> None:
+    status, headers, body = _warming_request("text/event-stream")
+    assert status == 200 and headers[b"content-type"].startswith(b"text/event-stream")
+    retry, _, event = body.decode().partition("\n\n")
+    assert 1000 <= int(retry.removeprefix("retry: ")) <= 2000
+    assert event.startswith("event: ERROR\ndata: ")  # no id: the browser keeps its own
+    problem = orjson.loads(event.removeprefix("event: ERROR\ndata: "))["object"]
+    assert problem["status"] == 503 and problem["type"].endswith("/problems/warming-up")
+    status, headers, _ = _warming_request(None)
+    assert status == 503 and headers[b"retry-after"] == b"1"

@@ -6,7 +6,19 @@ from starlette.routing import Route
 
 import app.api.application  # noqa: F401  (registers the job path convertor the table names)
 from app.api.openapi import build_openapi
-from app.api.routes import API_PREFIX, JOB, JOB_WAIT, JOB_WATCH, JOBS, JOBS_WATCH, LABELS, ROUTES, match, may_stream
+from app.api.routes import (
+    API_PREFIX,
+    JOB,
+    JOB_WAIT,
+    JOB_WATCH,
+    JOBS,
+    JOBS_WATCH,
+    LABELS,
+    PAGE_PATHS,
+    ROUTES,
+    match,
+    may_stream,
+)
 
 
 def test_a_path_matches_its_route_and_parameters() -> None:
@@ -18,7 +30,9 @@ def test_a_path_matches_its_route_and_parameters() -> None:
         assert listed is not None and listed[0].template == JOBS and listed[1] == {}
     readiness = match("/readyz")
     assert readiness is not None and readiness[0].endpoint == "ready"
-    assert match("/api/v2/nothing") is None and match("/") is None
+    assert match("/api/v2/nothing") is None and match("/nothing") is None
+    page = match("/")  # the live jobs page
+    assert page is not None and page[0].endpoint == "page"
 
 
 def test_the_token_guards_the_api_prefix_and_only_it() -> None:
@@ -31,7 +45,8 @@ def test_the_token_guards_the_api_prefix_and_only_it() -> None:
 def test_labels_and_operations_come_from_the_entries() -> None:
     assert LABELS == {spec.template for spec in ROUTES} | {JOB_WATCH, JOB_WAIT, JOBS_WATCH, "unmatched"}
     document = build_openapi([Route(path, _nothing) for spec in ROUTES for path in spec.paths], token_required=True)
-    assert set(document["paths"]) == {spec.template for spec in ROUTES}
+    # every route but the live page's (HTML for people, not an operation)
+    assert set(document["paths"]) == {spec.template for spec in ROUTES} - PAGE_PATHS
     secured = {path for path, operations in document["paths"].items() if "security" in operations["get"]}
     assert secured == {spec.template for spec in ROUTES if spec.auth}
 

@@ -19,10 +19,11 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from app.api import problems
-from app.api.cors import Cors
+from app.api.cors import CorsPolicy
 from app.api.jobs import ApiFastPath, JobEndpoint, JobListEndpoint
 from app.api.middleware import BearerAuth, RequestObserver
 from app.api.openapi import OpenAPIEndpoint
+from app.api.page import PageEndpoint
 from app.api.probes import LivenessEndpoint, ReadinessEndpoint
 from app.api.problemtypes import ProblemTypeEndpoint
 from app.api.routes import ROUTES
@@ -145,6 +146,7 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         "metrics": MetricsEndpoint(),
         "openapi": OpenAPIEndpoint(token_required=settings.api_token is not None),
         "problem_type": ProblemTypeEndpoint(),
+        "page": PageEndpoint(),
     }
     routes = [
         # Plain endpoints get only GET (and HEAD); others are a 405. The API's endpoints check
@@ -153,11 +155,10 @@ def create_app(settings: Settings, shutdown: Shutdown | None = None) -> Starlett
         for spec in ROUTES
         for path in spec.paths
     ]
-    middleware = [Middleware(RequestObserver, metrics=metrics)]
-    if settings.cors_origins:
-        # Outside the token check: a preflight carries no credentials, and a 401 must reach the
-        # page with the headers that let it read it.
-        middleware.append(Middleware(Cors, origins=settings.cors_origins))
+    # CORS is applied by the observer, outside the token check: a preflight carries no
+    # credentials, and a 401 must reach the page with the headers that let it read it.
+    cors = CorsPolicy(settings.cors_origins) if settings.cors_origins else None
+    middleware = [Middleware(RequestObserver, metrics=metrics, cors=cors)]
     if settings.api_token is not None:
         middleware.append(Middleware(BearerAuth, token=settings.api_token))
     middleware.append(Middleware(ApiFastPath, endpoints=endpoints))

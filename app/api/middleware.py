@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import random
 import re
@@ -10,6 +11,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.cors import PREFLIGHT_HEADER, CorsPolicy
 from app.api.problems import error_response
 from app.api.routes import API_PREFIX, CLIENT_GONE, CLIENT_GONE_KEY, route_label
 from app.errors import Unauthorized
@@ -21,11 +23,14 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 class RequestObserver:
     """Gives every request an id (the caller's X-Request-ID when it sends a sane one), echoes
-    it, counts and times the request by route template and status, and writes the access log."""
+    it, counts and times the request by route template and status, and writes the access log.
+    With a CORS policy, it also answers preflights and adds the CORS headers to every response
+    (app.api.cors says why here)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, cors: CorsPolicy | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.cors = cors
         # Logging is configured before the app is built; deciding once saves a lookup a request.
         self.access_log = access_log()
 
@@ -35,11 +40,30 @@ class RequestObserver:
             return
         started = time.perf_counter()
         request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                if _REQUEST_ID.fullmatch(value):
-                    request_id = value
-                break
+        app: ASGIApp = self.app
+        cors = self.cors
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if cors is None:
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    if _REQUEST_ID.fullmatch(value):
+                        request_id = value
+                    break
+        else:
+            origin = None
+            preflight = False
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    if _REQUEST_ID.fullmatch(value):
+                        request_id = value
+                elif name == b"origin":
+                    origin = value
+                elif name == PREFLIGHT_HEADER:
+                    preflight = True
+            if preflight and origin is not None and scope["method"] == "OPTIONS":
+                app = functools.partial(cors.preflight, origin=origin)  # it makes its own headers
+            else:
+                extra = cors.response_headers(origin)
         if request_id is None:
             # Unique enough to correlate log lines, and no system call per request.
             request_id = b"%016x" % random.getrandbits(64)
@@ -49,11 +73,11 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id), *extra]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             if status == 500 and scope.get(CLIENT_GONE_KEY):

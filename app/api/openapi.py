@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from app import __version__
 from app.api.listing import DEFAULT_LIMIT, MAX_LIMIT, MAX_STATUSES
 from app.api.problemtypes import PREFIX as PROBLEM_PREFIX
-from app.api.routes import JOB, JOBS, PROBLEM_TYPE
+from app.api.routes import JOB, JOBS, PAGE_PATHS, PROBLEM_TYPE
 from app.store.changelog import REVISION_PATTERN
 from app.store.sessionfile import JOB_ID_PATTERN
 
@@ -435,6 +435,8 @@ def build_openapi(routes: list[BaseRoute], token_required: bool = False) -> dict
             continue
         path = openapi_path(route.path)
         key = path.rstrip("/") if path != "/" else path
+        if key in PAGE_PATHS:
+            continue  # HTML for people, not an operation for generators
         operation = operations[key]  # KeyError: a route without a documented operation
         paths.setdefault(key, {"get": operation})  # /api/v2/jobs/ is /api/v2/jobs
     components: dict[str, Any] = {"schemas": _SCHEMAS, "headers": _HEADERS}

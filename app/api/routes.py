@@ -56,7 +56,12 @@ ROUTES = (
     RouteSpec("/metrics", ("/metrics",), "metrics", True),
     RouteSpec("/openapi.json", ("/openapi.json",), "openapi", True),
     RouteSpec(PROBLEM_TYPE, (PROBLEM_TYPE,), "problem_type", True),
+    # The live jobs page (app.api.page): for people, so not in the OpenAPI document.
+    RouteSpec("/", ("/",), "page", True),
+    RouteSpec("/ui/app.js", ("/ui/app.js",), "page", True),
+    RouteSpec("/ui/app.css", ("/ui/app.css",), "page", True),
 )
+PAGE_PATHS = frozenset({"/", "/ui/app.js", "/ui/app.css"})
 LABELS = frozenset(
     {spec.template for spec in ROUTES} | {label for spec in ROUTES for label in spec.labels} | {"unmatched"}
 )

@@ -42,7 +42,7 @@ WATCHER_START_TIMEOUT_S = 5.0
 # The warm-up's readers. On a network filesystem each file costs round trips, not CPU: read
 # many at once. On a local disk reading is CPU-bound under one interpreter lock: one reader,
 # this thread, keeps the event loop's share of the CPU (and /livez) as it was.
-NETWORK_WARM_THREADS = 16
+NETWORK_WARM_THREADS = 32
 WARM_CHUNK = 64  # files per task handed to a reader
 LIST_RETRY_MAX_S = 10.0  # the warm-up retries a folder it cannot list, backing off up to this
 # A folder operation taking longer than this means the file server is not answering.
@@ -101,6 +101,14 @@ class Reconciler:
         # why), and since when a folder operation has been running (a hung server).
         self.folder_error: str | None = None
         self._busy_since: float | None = None
+        # On a network filesystem a full rescan's listing and stats take seconds: they run in a
+        # thread of their own, which only reads the folder, so that polling goes on meanwhile;
+        # this thread applies what it found.
+        self._scanner: ThreadPoolExecutor | None = None
+        self._scanning: Future[tuple[tuple[int, int, int] | None, dict[str, int], dict[str, int]]] | None = None
+        self._scan_started = 0.0
+        if self.network and self.watch.mode != "off":
+            self._scanner = ThreadPoolExecutor(1, thread_name_prefix="sessions-scan", initializer=_lower_priority)
         self._thread = threading.Thread(target=self._run, name="sessions-reconciler", daemon=True)
         # Hooks for metrics: every applied change, and the lag from a file's modification to
         # the moment its new version is served.
@@ -128,6 +136,8 @@ class Reconciler:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
         if self.announcements is not None:
             self.announcements.join(max(0.0, deadline - time.monotonic()))
+        if self._scanner is not None:
+            self._scanner.shutdown(wait=False, cancel_futures=True)
 
     # --- what is true of the folder ----------------------------------------------------------------
 
@@ -185,15 +195,17 @@ class Reconciler:
             job_ids, rescan = self.pending.take(timeout)
             if self.stop_event.is_set():
                 return
+            self._busy_since = time.monotonic()  # a hung read below shows as "not answering"
             try:
                 if self._retry:
                     job_ids |= self._retry
                     self._retry = set()
                 for job_id in job_ids:
                     self._reconcile_one(job_id)
+                self._finish_rescan()
                 now = time.monotonic()
                 if rescan or (next_rescan is not None and now >= next_rescan):
-                    self._rescan()
+                    self._start_rescan()
                     if rescan_interval:
                         next_rescan = time.monotonic() + rescan_interval
                 elif next_poll is not None and now >= next_poll:
@@ -216,16 +228,13 @@ class Reconciler:
 
     def _poll(self) -> None:
         assert self.poller is not None
-        self._busy_since = time.monotonic()
         try:
             job_ids, replaced = self.poller.step()
         except OSError as exc:
             self._folder_failed(exc)
             return
-        finally:
-            self._busy_since = None
         if self._folder_answered() or replaced:
-            self._rescan()  # catch up on whatever changed while it could not be seen
+            self._start_rescan()  # catch up on whatever changed while it could not be seen
             return
         for job_id in job_ids:
             self._reconcile_one(job_id)
@@ -285,7 +294,7 @@ class Reconciler:
         delay = RETRY_DELAY_S
         while not self.stop_event.is_set():
             try:
-                folder = folder_key(os.stat(self.root))
+                folder = self.poller.probe_folder() if self.poller is not None else folder_key(os.stat(self.root))
                 listing = list_folder(self.root)
             except OSError as exc:
                 self._folder_failed(exc)
@@ -355,17 +364,51 @@ class Reconciler:
                 found[job_id] = signature(st)
         return found, inodes
 
-    def _rescan(self) -> None:
-        started = time.monotonic()
-        self._busy_since = started
+    def _scan_with_key(self) -> tuple[tuple[int, int, int] | None, dict[str, int], dict[str, int]]:
+        # The folder's key as the poller sees it (past the attribute cache where it asks so),
+        # from before the listing: a change during it is seen by the next poll.
+        folder = self.poller.probe_folder() if self.poller is not None else None
+        listing, inodes = self._scan()
+        return folder, listing, inodes
+
+    def _start_rescan(self) -> None:
+        """A rescan: now, in this thread; on a network filesystem, started in the scanner's
+        thread and applied by `_finish_rescan` when it is done (one at a time)."""
+        if self._scanner is None:
+            self._rescan()
+            return
+        if self._scanning is not None:
+            return
+        self._scan_started = time.monotonic()
+        self._scanning = self._scanner.submit(self._scan_with_key)
+        self._scanning.add_done_callback(lambda _: self.pending.wake())
+
+    def _finish_rescan(self) -> None:
+        scanning = self._scanning
+        if scanning is None or not scanning.done():
+            return
+        self._scanning = None
         try:
-            folder = folder_key(os.stat(self.root)) if self.poller is not None else None
-            listing, inodes = self._scan()
+            folder, listing, inodes = scanning.result()
         except OSError as exc:
             self._folder_failed(exc)
             return
-        finally:
-            self._busy_since = None
+        self._apply_scan(self._scan_started, folder, listing, inodes)
+
+    def _rescan(self) -> None:
+        started = time.monotonic()
+        try:
+            folder, listing, inodes = self._scan_with_key()
+        except OSError as exc:
+            self._folder_failed(exc)
+            return
+        self._apply_scan(started, folder, listing, inodes)
+
+    def _apply_scan(
+        self, started: float, folder: tuple[int, int, int] | None, listing: dict[str, int], inodes: dict[str, int]
+    ) -> None:
+        """Make the store agree with a scan: every file whose signature differs (or that was
+        read too soon after a write), and every session whose file is gone, is read again."""
         self._folder_answered()
         if self.poller is not None:
             self.poller.listed(inodes, folder)
