@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class PendingChanges:
@@ -45,6 +45,19 @@ class PendingChanges:
         with self._ready:
             self._woken = True
             self._ready.notify()
+
+    def nudge(self) -> None:
+        """Make a waiting `take_ids` look at its `until` again."""
+        with self._ready:
+            self._ready.notify_all()
+
+    def take_ids(self, until: Callable[[], bool], timeout: float) -> set[str]:
+        """Wait up to `timeout` seconds for job ids, or until `until()` holds (looked at again
+        on every `nudge`), and take the ids only: a rescan requested is left for `take`."""
+        with self._ready:
+            self._ready.wait_for(lambda: bool(self._ids) or until(), timeout)
+            ids, self._ids = self._ids, set()
+            return ids
 
     def take(self, timeout: float | None) -> tuple[set[str], bool]:
         """Wait up to `timeout` seconds for work; return the ids and whether to rescan."""

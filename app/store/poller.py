@@ -19,7 +19,9 @@ stat), so a hot session's change shows within the polling period instead of the 
 lifetime, where the filesystem allows it.
 
 It runs in the reconciler thread and reads the store's reconciler-side state; it never writes
-the store.
+the store. Its blocking folder operations (the folder's stat, a listing, the hot files' stats)
+go through `run_io`: on a network filesystem they take up to seconds, and the reconciler runs
+them in a thread of its own so as to go on applying what writers announce meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from app.store import fileversion, sessionfile
 from app.store.fileversion import signature
@@ -43,6 +46,18 @@ HOT_WINDOW_S = 600.0
 LISTING_SHARE = 0.25
 # Inode numbers that mean "unknown" (FUSE filesystems that do not pass them through, sshfs).
 _UNKNOWN_INODES = frozenset({0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF})
+
+T = TypeVar("T")
+
+
+class RunIO(Protocol):
+    """Runs a blocking folder operation and returns its result (or raises its error)."""
+
+    def __call__(self, work: Callable[[], T], /) -> T: ...
+
+
+def inline(work: Callable[[], T], /) -> T:
+    return work()
 
 
 def list_folder(root: Path) -> dict[str, int]:
@@ -68,10 +83,22 @@ class PollStats:
 
 
 class Poller:
-    def __init__(self, root: Path, store: SessionStore, period_s: float, *, forced: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: SessionStore,
+        period_s: float,
+        *,
+        forced: bool,
+        run_io: RunIO = inline,
+        pause: Callable[[], object] = lambda: None,
+    ) -> None:
         self.root = root
         self.store = store
         self.period_s = period_s
+        self._io = run_io
+        # Called between two hot files' stats: waits while more urgent work uses the folder.
+        self._pause = pause
         # On a network filesystem: stats past the attribute cache. Locally: plain stats.
         self.stat: Callable[[str], os.stat_result] = fileversion.forced_stat if forced else os.stat
         self.stats = PollStats()
@@ -121,7 +148,7 @@ class Poller:
         self.stats.periods += 1
         now = time.monotonic()
         wanted: set[str] = set()
-        st = self.stat(str(self.root))
+        st = self._io(lambda: self.stat(str(self.root)))
         key = folder_key(st)
         if self._folder is not None and key[0] != self._folder[0]:
             self._folder = key
@@ -139,12 +166,14 @@ class Poller:
         return wanted, False
 
     def _relist(self) -> set[str]:
-        started = time.monotonic()
-        names = list_folder(self.root)
-        finished = time.monotonic()
+        def timed_listing() -> tuple[dict[str, int], float]:
+            started = time.monotonic()
+            return list_folder(self.root), time.monotonic() - started
+
+        names, took = self._io(timed_listing)
         self.stats.listings += 1
         self._listing_wanted = False
-        self._next_listing = finished + max(self.period_s, (finished - started) / LISTING_SHARE)
+        self._next_listing = time.monotonic() + max(self.period_s, took / LISTING_SHARE)
         previous, self._names = self._names, names
         if previous is None:
             return set(names)
@@ -165,16 +194,26 @@ class Poller:
                 self.hot.discard(job_id)
 
     def _probe_hot(self) -> set[str]:
-        store, stat, root = self.store, self.stat, str(self.root)
+        store, stat, root, pause = self.store, self.stat, str(self.root), self._pause
+        # A copy: the reconciler may apply announced changes (and so change the hot set) while
+        # the stats run.
+        hot = list(self.hot | store.racy_ids() if store.has_racy() else self.hot)
+
+        def probe() -> list[os.stat_result | None]:
+            found: list[os.stat_result | None] = []
+            for job_id in hot:
+                pause()
+                try:
+                    found.append(stat(f"{root}/{job_id}{sessionfile.SUFFIX}"))
+                except OSError:
+                    found.append(None)  # gone, or unreadable: the reconciler says which
+            return found
+
         wanted: set[str] = set()
-        hot = self.hot | store.racy_ids() if store.has_racy() else self.hot
-        for job_id in hot:
-            try:
-                st = stat(f"{root}/{job_id}{sessionfile.SUFFIX}")
-            except OSError:
-                wanted.add(job_id)  # gone, or unreadable: the reconciler says which
-                continue
-            if signature(st) != store.signature(job_id) or store.is_racy(job_id):
+        for job_id, st in zip(hot, self._io(probe), strict=True):
+            # Compared with the store after the stats: a version applied meanwhile is not read
+            # again, and one older than the stat is.
+            if st is None or signature(st) != store.signature(job_id) or store.is_racy(job_id):
                 wanted.add(job_id)
         self.stats.probes += len(hot)
         return wanted

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import Settings
@@ -27,6 +28,7 @@ from app.store.announcements import AnnouncementReader
 from app.store.fileversion import signature
 from app.store.pending import PendingChanges
 from app.store.poller import Poller, folder_key, list_folder
+from app.store.poller import inline as poller_inline
 from app.store.sessionfile import LoadedFile, job_id_for
 from app.store.store import Change, SessionStore
 from app.store.watcher import NativeWatcher
@@ -47,6 +49,18 @@ WARM_CHUNK = 64  # files per task handed to a reader
 LIST_RETRY_MAX_S = 10.0  # the warm-up retries a folder it cannot list, backing off up to this
 # A folder operation taking longer than this means the file server is not answering.
 FOLDER_SLOW_S = 5.0
+# While the poller's folder operations run in their thread, this thread applies the job ids
+# that arrive, and looks at least this often whether it was told to stop.
+STOP_CHECK_S = 1.0
+
+# A rescan applied here looks for announced changes every so many files it compares.
+SERVE_EVERY = 1024
+
+T = TypeVar("T")
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass
@@ -95,8 +109,27 @@ class Reconciler:
         # On a network filesystem: metadata past the client's attribute cache, reads in parallel.
         self.network = not events_trusted(self.watch.filesystem) and self.watch.filesystem != "unknown"
         self.poller: Poller | None = None
+        # On a network filesystem a poll's folder operations (a listing, a stat per hot file:
+        # each a round trip) take up to seconds: they run in a thread of their own while this
+        # thread goes on applying what writers announce (`_meanwhile`).
+        self._poll_io: ThreadPoolExecutor | None = None
+        # Clear while this thread applies announced changes during a poll's or a rescan's folder
+        # operations: those stop between two files meanwhile. On a network mount every request
+        # goes through one client and one connection to the file server, and an announced
+        # file's read would otherwise queue behind thousands of stats.
+        self._folder_free = threading.Event()
+        self._folder_free.set()
         if self.watch.mode != "off":  # also what the native mode falls back on while it is down
-            self.poller = Poller(self.root, store, settings.poll_interval_s, forced=self.network)
+            if self.network:
+                self._poll_io = ThreadPoolExecutor(1, thread_name_prefix="sessions-poll", initializer=_lower_priority)
+            self.poller = Poller(
+                self.root,
+                store,
+                settings.poll_interval_s,
+                forced=self.network,
+                run_io=self._meanwhile if self._poll_io is not None else poller_inline,
+                pause=self._wait_folder_free,
+            )
         # What is true of the folder, for readiness, metrics and logs: reachable or not (and
         # why), and since when a folder operation has been running (a hung server).
         self.folder_error: str | None = None
@@ -136,8 +169,9 @@ class Reconciler:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
         if self.announcements is not None:
             self.announcements.join(max(0.0, deadline - time.monotonic()))
-        if self._scanner is not None:
-            self._scanner.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._scanner, self._poll_io):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
     # --- what is true of the folder ----------------------------------------------------------------
 
@@ -200,8 +234,7 @@ class Reconciler:
                 if self._retry:
                     job_ids |= self._retry
                     self._retry = set()
-                for job_id in job_ids:
-                    self._reconcile_one(job_id)
+                self._apply_first(job_ids)  # a rescan's scan, if one runs, waits meanwhile
                 self._finish_rescan()
                 now = time.monotonic()
                 if rescan or (next_rescan is not None and now >= next_rescan):
@@ -238,6 +271,43 @@ class Reconciler:
             return
         for job_id in job_ids:
             self._reconcile_one(job_id)
+            self._serve_announced()
+
+    def _meanwhile(self, work: Callable[[], T]) -> T:
+        """Run one of the poller's folder operations in the poll thread and, until it is done,
+        apply the job ids that arrive (announced by writers): they would otherwise wait behind
+        a listing or the hot files' stats. Applying a change in between is safe: the poller
+        compares what it found with the store after its operation."""
+        assert self._poll_io is not None
+        running = self._poll_io.submit(work)
+        running.add_done_callback(lambda _: self.pending.nudge())
+        while not running.done() and not self.stop_event.is_set():
+            job_ids = self.pending.take_ids(running.done, STOP_CHECK_S)
+            if job_ids:
+                self._apply_first(job_ids)
+        return running.result()
+
+    def _apply_first(self, job_ids: set[str]) -> None:
+        """Reconcile `job_ids` while the poll's and the rescan's folder operations wait."""
+        self._folder_free.clear()
+        try:
+            for job_id in job_ids:
+                self._reconcile_one(job_id)
+        finally:
+            self._folder_free.set()
+        self._announce()  # to the streams now, not when the poll is done
+
+    def _serve_announced(self) -> None:
+        """Between two steps of a long pass in this thread: apply what was announced meanwhile."""
+        job_ids = self.pending.take_ids(_always, 0.0)
+        if job_ids:
+            self._apply_first(job_ids)
+
+    def _wait_folder_free(self) -> None:
+        """In the poll's or the scanner's thread, between two files: wait while announced
+        changes are applied (never for long: a few reads)."""
+        if not self._folder_free.is_set():
+            self._folder_free.wait(FOLDER_SLOW_S)
 
     # --- warm-up -----------------------------------------------------------------------------------
 
@@ -350,12 +420,16 @@ class Reconciler:
         """Every session file in the folder: job id -> signature, and job id -> inode number."""
         found: dict[str, int] = {}
         inodes: dict[str, int] = {}
+        # In the scanner's thread (network filesystems): give way to announced changes.
+        pause = self._wait_folder_free if self._scanner is not None else None
         with os.scandir(self.root) as entries:
             for entry in entries:
                 job_id = job_id_for(entry.name)
                 if job_id is None:
                     continue
                 inodes[job_id] = entry.inode()
+                if pause is not None:
+                    pause()
                 st = fileversion.stat_following_links(entry.path)
                 if st is None:
                     continue  # deleted since listed
@@ -413,9 +487,12 @@ class Reconciler:
         if self.poller is not None:
             self.poller.listed(inodes, folder)
         store = self.store
-        for job_id, sig in listing.items():
+        for count, (job_id, sig) in enumerate(listing.items()):
             if store.signature(job_id) != sig or store.is_racy(job_id):
                 self._reconcile_one(job_id)
+                self._serve_announced()
+            elif count % SERVE_EVERY == 0:
+                self._serve_announced()
         for job_id in store.job_ids() - listing.keys():
             self._reconcile_one(job_id)
         self.stats.rescans += 1
@@ -512,7 +589,9 @@ class Reconciler:
             self.poller.applied(job_id)
         self.on_change(change, job_id)
         self._unannounced += 1
-        if self._unannounced >= ANNOUNCE_EVERY:
+        # On a network filesystem every read is round trips: the next change is milliseconds
+        # away, and this one goes to the streams now rather than wait for it.
+        if self._unannounced >= ANNOUNCE_EVERY or self.network:
             self._announce()
 
     def _announce(self) -> None:
