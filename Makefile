@@ -22,11 +22,15 @@ run: $(STAMP)
 cluster: $(STAMP)
 	$(BIN)/python -m cluster
 
+# The tiers (docs/development.md, "Tests"): the suite in TEST_WORKERS processes (its tests mostly
+# wait on real servers, so more processes than cores), then the tests that bound latency, alone.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not serial"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench deploy cluster client tools

@@ -173,6 +173,7 @@ PROMISES = {
 }
 
 
+@pytest.mark.serial  # a median of latencies: measured alone, not beside other tests
 @pytest.mark.parametrize("watch", list(PROMISES))
 def test_the_freshness_promise_holds_at_the_median(
     sessions_dir: Path, serve: Callable[..., Server], watch: str

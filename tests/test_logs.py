@@ -258,6 +258,7 @@ def copy_stdout(server: Server) -> threading.Thread:
     return thread
 
 
+@pytest.mark.serial  # bounds every request's latency: measured alone, not beside other tests
 @pytest.mark.timeout(180)
 def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_then_logged_once(
     sessions_dir: Path, tmp_path: Path

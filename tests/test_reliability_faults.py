@@ -455,6 +455,7 @@ def test_too_few_file_descriptors(sessions_dir: Path, serve: Callable[..., Serve
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a /livez p99 bound: measured alone, not beside other tests
 @pytest.mark.timeout(180)
 def test_a_flood_of_100_000_events(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     """More events than the kernel queues (16,384 by default) and more distinct files than the

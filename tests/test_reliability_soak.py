@@ -24,6 +24,7 @@ CACHE_BYTES = 300_000  # about half the folder: misses, loads and evictions are 
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a p99 bound on reads: measured alone, not beside other tests
 @pytest.mark.timeout(150)
 def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     ids = [f"job-{n}" for n in range(300)]
