@@ -4,7 +4,7 @@ the service, the FUSE client and the file server together, and freshness for wri
 nothing of the service (temp file and rename, and in place) on unfinished sessions, on the
 network mount and on the local disk.
 
-The network volume is tests/netfs.py's stand-in: a loopback sshd, sshfs with a 3 s attribute
+The network volume is tests/support/netfs.py's stand-in: a loopback sshd, sshfs with a 3 s attribute
 cache. The service runs with no setting but SESSIONS_DIR (so `auto` must choose).
 
     python -m bench.netpoll [--sessions 100000] [--unfinished 0.02] [--changes 60] [--idle-s 62]
@@ -32,7 +32,7 @@ import orjson
 from bench import probe, server
 from bench.generate import job_ids, make_document, render
 from bench.report import percentile
-from tests import netfs
+from tests.support import netfs
 
 TICK = os.sysconf("SC_CLK_TCK")
 

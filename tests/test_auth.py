@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.ops_support import JOB_ROUTE, wait_for_scrape
 from tests.support import REPO, Server, free_port, put_session, server_env
+from tests.support.ops import JOB_ROUTE, wait_for_scrape
 
 TOKEN = "s3cret-Token_0123456789"
 API_PATHS = ["/api/v2/jobs/a", "/api/v2/jobs", "/api/v2/jobs/", "/api/v2/jobs?status=running&limit=5"]

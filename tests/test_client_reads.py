@@ -24,9 +24,9 @@ from sessions_client import (
 )
 from sessions_client.polling import assemble
 
-from tests.client_support import FAST_BACKOFF, Forwarder, listed
-from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
-from tests.support import Server, put_session, wait_until, write_in_place
+from tests.support import Server, listed, put_session, wait_until, write_in_place
+from tests.support.client import FAST_BACKOFF, Forwarder
+from tests.support.ops import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
 
 Serve = Callable[..., Server]
 WAIT_ROUTE = JOB_ROUTE + "?wait"

@@ -68,7 +68,7 @@ def test_every_kind_of_write_shows(sessions_dir: Path, serve: Callable[..., Serv
     path.unlink()
     wait_until(lambda: server.get("/api/v2/jobs/job-1").status_code == 404, guard, what="a delete")
     assert "job-1" not in listed(server)
-    assert listed(server) == ["seed"]
+    assert list(listed(server)) == ["seed"]
 
 
 def test_same_size_rewrites_in_quick_succession_are_seen(
@@ -124,9 +124,9 @@ def test_order_follows_changes(sessions_dir: Path, serve: Callable[..., Server],
     put_session(sessions_dir, "old", updated_at="2024-01-01T00:00:00Z")
     put_session(sessions_dir, "new", updated_at="2024-02-01T00:00:00Z")
     server = serve(sessions_dir, env=env)
-    assert listed(server) == ["new", "old"]
+    assert list(listed(server)) == ["new", "old"]
     put_session(sessions_dir, "old", updated_at="2024-03-01T00:00:00Z", status="running")
-    wait_until(lambda: listed(server) == ["old", "new"], guard, what="the new order")
+    wait_until(lambda: list(listed(server)) == ["old", "new"], guard, what="the new order")
 
 
 def test_names_that_are_not_sessions_are_ignored(sessions_dir: Path, serve: Callable[..., Server]) -> None:
@@ -137,7 +137,7 @@ def test_names_that_are_not_sessions_are_ignored(sessions_dir: Path, serve: Call
     (sessions_dir / "sub.json").mkdir()
     (sessions_dir / "sub.json" / "y.json").write_bytes(encode(session_doc("y")))
     put_session(sessions_dir, "marker")  # once this shows, the events above were processed too
-    wait_until(lambda: listed(server) == ["marker"], 5.0)
+    wait_until(lambda: list(listed(server)) == ["marker"], 5.0)
     assert server.get("/api/v2/jobs/x").status_code == 404
     assert server.get("/api/v2/jobs/sub").status_code == 404
     assert server.get("/readyz").json()["sessions"] == 1
@@ -150,7 +150,7 @@ def test_files_without_timestamps_sort_by_modification_time(sessions_dir: Path, 
     os.utime(sessions_dir / "first.json", (now - 100, now - 100))
     os.utime(sessions_dir / "second.json", (now - 50, now - 50))
     server = serve(sessions_dir)
-    assert listed(server) == ["second", "first"]
+    assert list(listed(server)) == ["second", "first"]
     items = server.get("/api/v2/jobs").json()
     assert items[0]["updated_at"] == "not a time"
     assert items[1]["updated_at"] is None

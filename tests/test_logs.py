@@ -17,8 +17,6 @@ import httpx
 import orjson
 import pytest
 
-from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for, wait_for_scrape
-from tests.reliability_support import logged, logs_settled
 from tests.support import (
     REPO,
     Server,
@@ -29,6 +27,8 @@ from tests.support import (
     write_atomic,
     write_in_place,
 )
+from tests.support.ops import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
+from tests.support.reliability import logged, logs_settled
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 GENERATED_ID = re.compile(r"[0-9a-f]{16}")
@@ -43,7 +43,7 @@ def access_line_for(server: Server, request_id: str) -> dict[str, Any]:
     def find() -> dict[str, Any] | None:
         return next((e for e in access_lines(server) if e.get("request_id") == request_id), None)
 
-    return wait_for(find, 10, f"the access line of request {request_id}")
+    return wait_until(find, 10, what=f"the access line of request {request_id}")
 
 
 def test_every_stdout_line_is_a_json_object_with_the_common_fields(
@@ -167,7 +167,7 @@ def test_text_format_gives_readable_lines(sessions_dir: Path, serve: Callable[..
     def access() -> str | None:
         return next((line for line in server.logs() if "request_id=text-1" in line), None)
 
-    line = wait_for(access, 10, "the text access line")
+    line = wait_until(access, 10, what="the text access line")
     assert "app.access" in line and "GET /api/v2/jobs/{job_id} 200" in line
     assert "duration_ms=" in line and "status=200" in line
     lines = server.logs()
@@ -289,8 +289,8 @@ def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_
         assert server.get("/readyz").status_code == 200
 
         copier = copy_stdout(server)  # the log shipper is back
-        report = wait_for(
-            lambda: logged(server, "log lines dropped"), 20, "the line saying how many lines were dropped"
+        report = wait_until(
+            lambda: logged(server, "log lines dropped"), 20, what="the line saying how many lines were dropped"
         )
         final = wait_for_scrape(
             server, lambda s: s.value("sessions_log_lines_dropped_total") > 0, what="the dropped lines counted"

@@ -12,7 +12,8 @@ import pytest
 
 from app.api.routes import LABELS
 from app.ops.metrics import Buckets, cumulative
-from tests.ops_support import (
+from tests.support import Server, put_session, write_atomic, write_in_place
+from tests.support.ops import (
     JOB_ROUTE,
     LABEL_NAME,
     LIST_ROUTE,
@@ -23,7 +24,6 @@ from tests.ops_support import (
     scrape,
     wait_for_scrape,
 )
-from tests.support import Server, put_session, write_atomic, write_in_place
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 
@@ -242,7 +242,7 @@ def test_concurrent_misses_for_one_id_load_it_once(sessions_dir: Path, serve: Ca
 # --- the folder --------------------------------------------------------------------------------------
 
 
-def listed(server: Server) -> int:
+def total_listed(server: Server) -> int:
     response = server.get("/api/v2/jobs", params={"limit": 1})
     assert response.status_code == 200
     return int(response.headers["x-total-count"])
@@ -274,7 +274,7 @@ def test_sessions_indexed_and_invalid_files_follow_file_changes(
     for what, change, indexed, invalid in steps:
         change()
         wait_for_scrape(server, figures(indexed, invalid), what=f"{what}: indexed {indexed}, invalid {invalid}")
-        assert listed(server) == indexed, what  # the gauge agrees with the list
+        assert total_listed(server) == indexed, what  # the gauge agrees with the list
 
 
 def test_warm_up_duration_is_set(sessions_dir: Path, serve: Callable[..., Server]) -> None:

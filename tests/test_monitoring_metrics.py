@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from app.store.watchmode import events_trusted, filesystem_type
-from tests.monitoring_support import (
+from tests.support import Server, put_session, wait_until
+from tests.support.monitoring import (
     as_promql,
     dashboard_queries,
     exposed_names,
@@ -20,8 +21,7 @@ from tests.monitoring_support import (
     recorded_names,
     rules,
 )
-from tests.ops_support import parse
-from tests.support import Server, put_session, wait_until
+from tests.support.ops import parse
 
 
 def used_metrics() -> dict[str, set[str]]:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from tests.reliability_support import process_figures
 from tests.support import Server, encode, put_session, session_doc, start_server, wait_until
+from tests.support.reliability import process_figures
 
 TOKEN = "s3cr3t-token"
 

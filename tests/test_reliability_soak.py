@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from app.api.application import LOADER_THREADS
-from tests.reliability_support import folder_agrees, metric, process_figures, wait_quiet_figures
 from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic, write_in_place
+from tests.support.reliability import folder_agrees, metric, process_figures, wait_quiet_figures
 
 DURATION_S = 30.0
 GETS = {"route": "/api/v2/jobs/{job_id}", "method": "GET", "status": "200"}

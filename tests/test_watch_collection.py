@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.support import Server, put_session, wait_until, write_in_place
-from tests.watch_support import Watch, mirror, open_raw_stream, read_head
+from tests.support.watch import Watch, mirror, open_raw_stream, read_head
 
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}
 Open = Callable[..., Watch]

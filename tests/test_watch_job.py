@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.reliability_support import process_figures
 from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic
-from tests.watch_support import Watch, open_raw_stream, read_head
+from tests.support.reliability import process_figures
+from tests.support.watch import Watch, open_raw_stream, read_head
 
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}
 Open = Callable[..., Watch]
