@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only get,list,warmup,livez,fresh,memory,hashing,capacity]`: see
-bench/README.md."""
+"""`python -m bench [--quick] [--only get,list,warmup,livez,fresh,memory,hashing,failover,capacity,watch,netfs]`:
+see bench/README.md."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, churn, failover, hashing, report, server, throughput, warmup, watch, wrk
+from bench import capacity, churn, failover, hashing, netvolume, report, server, throughput, warmup, watch, wrk
 from bench.generate import generate, link_subset
 from cluster import haproxy
+from tests.support import netfs
 
-PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch")
+PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch", "netfs")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Config:
     capacity_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     capacity_cache: int = 100_000  # the default SESSIONS_CACHE_MAX_ENTRIES
     capacity_rescan_after_s: float = 120.0
+    netfs: netvolume.NetConfig = netvolume.NetConfig()  # the network-volume part: sshfs stand-in vs local disk
     seed: int = 20240601
     watch: watch.WatchConfig = watch.WatchConfig()
 
@@ -48,6 +50,7 @@ class Config:
 QUICK = Config(rounds=1, seconds=3, get_sessions=5_000, list_sessions=20_000, warm_sessions=20_000,
                churn_seconds=5, fresh_samples=40, hashing_sessions=6_000, capacity_sizes=(5_000, 20_000, 50_000),
                failover_kills=3, failover_mirrors=2, capacity_cache=10_000, capacity_rescan_after_s=30,
+               netfs=netvolume.NetConfig(sessions=10_000, changes=40, idle_s=5),
                watch=watch.QUICK_WATCH)  # fmt: skip
 
 
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 5, --quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 10, --quick 3)")
     parser.add_argument("--keep", action="store_true", help="keep the generated folder and server logs")
+    parser.add_argument(
+        "--netfs-sessions", type=int, help="sessions of the netfs part (default 100,000, --quick 10,000)"
+    )
+    parser.add_argument("--netfs-changes", type=int, help="changes per writer kind of the netfs part (default 100)")
     options = parser.parse_args(argv)
     parts = {part.strip() for part in options.only.split(",") if part.strip()}
     if unknown := parts - set(PARTS):
@@ -72,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     if parts & {"hashing", "failover"} and haproxy.binary() is None:
         print(haproxy.INSTALL_HINT, file=sys.stderr)
         return 1
+    if "netfs" in parts and (reason := netfs.unavailable()) is not None:
+        print(f"the netfs part mounts sshfs: {reason}", file=sys.stderr)
+        return 1
     if len(os.sched_getaffinity(0) | {0, 1}) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         print("needs cores 0 and 1 (server and load generator each pinned to one)", file=sys.stderr)
         return 1
     config = QUICK if options.quick else Config()
     config = replace(config, rounds=options.rounds or config.rounds, seconds=options.seconds or config.seconds)
+    network = replace(config.netfs, sessions=options.netfs_sessions or config.netfs.sessions,
+                    changes=options.netfs_changes or config.netfs.changes)  # fmt: skip
+    config = replace(config, netfs=network)
     server.pin_client()
     work = Path(tempfile.mkdtemp(prefix="sessions-bench-"))
     try:
@@ -204,6 +217,10 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         log("change stream: event lag, idle streams, watching vs polling")
         watch_figures, raw["watch"] = watch.run(work, logs, config.watch, log)
         figures += watch_figures
+    if "netfs" in parts:
+        log(f"network volume: {config.netfs.sessions:,} sessions over sshfs (tests/support/netfs.py) vs the local disk")
+        raw["netfs"] = netvolume.run(config.netfs, work / "netfs", log)
+        figures += netvolume.figures(raw["netfs"])
     log(f"done in {time.perf_counter() - started:.0f} s")
     random.seed()
     return figures, raw

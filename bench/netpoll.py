@@ -1,27 +1,20 @@
-"""The service on a network volume, polling (docs/network-volumes.md): time to ready against
-the same folder on the local disk in the same run, /livez during the local warm-up, idle CPU of
-the service, the FUSE client and the file server together, and freshness for writers that know
-nothing of the service (temp file and rename, and in place) on unfinished sessions, on the
-network mount and on the local disk.
+"""What the network-volume part (bench/netvolume.py, `python -m bench --only netfs`) measures
+with: the sessions it generates, the CPU of a set of processes, the processes of the mount, a
+collection watch that times each change's arrival, and freshness for one kind of writer.
 
-The network volume is tests/support/netfs.py's stand-in: a loopback sshd, sshfs with a 3 s attribute
-cache. The service runs with no setting but SESSIONS_DIR (so `auto` must choose).
-
-    python -m bench.netpoll [--sessions 100000] [--unfinished 0.02] [--changes 60] [--idle-s 62]
+Freshness is the time from a write's return to the arrival of its new `updated_at` on a
+collection watch (`include_saved=false`). A writer is a function that saves a document's bytes
+under a job id; the writers that know nothing of the service are here (temp file and rename, in
+place), the one that announces is netvolume.py's.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
-import shutil
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,12 +22,15 @@ from typing import Any
 import httpx
 import orjson
 
-from bench import probe, server
 from bench.generate import job_ids, make_document, render
 from bench.report import percentile
 from tests.support import netfs
 
 TICK = os.sysconf("SC_CLK_TCK")
+# How long after the last change the watch may still bring one: beyond it a change is missed.
+SETTLE_S = 30.0
+
+Write = Callable[[str, bytes], None]
 
 
 def generate(folder: Path, count: int, unfinished: float) -> list[str]:
@@ -115,127 +111,73 @@ def stamps() -> Iterator[str]:
 STAMPS = stamps()  # one sequence for the whole run: every change is told apart from the others
 
 
-def freshness(
-    base_url: str, folder: Path, live: list[str], changes: int, gap_s: float, in_place: bool
-) -> dict[str, Any]:
+def renaming(folder: Path) -> Write:
+    """A writer that knows nothing of the service: a temp file in the folder, then a rename."""
+
+    def write(job_id: str, data: bytes) -> None:
+        temporary = folder / f".{job_id}.json.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, folder / f"{job_id}.json")
+
+    return write
+
+
+def in_place(folder: Path) -> Write:
+    """A writer that knows nothing of the service and rewrites the file where it is."""
+
+    def write(job_id: str, data: bytes) -> None:
+        with open(folder / f"{job_id}.json", "wb") as stream:
+            stream.write(data)
+
+    return write
+
+
+def freshness(base_url: str, folder: Path, live: list[str], changes: int, gap_s: float, write: Write) -> dict[str, Any]:
+    """`changes` changes to random unfinished sessions of `folder`, `gap_s` apart, each a new
+    `updated_at` saved by `write`: p50/p99/max of their arrival on a collection watch, and how
+    many never arrived within SETTLE_S of the last (with their job ids and stamps).
+
+    A session is changed again only once its last change arrived, while another one is left:
+    the service may skip a version that a newer one replaced before it was read, which is not a
+    miss. Where that happens anyway (few unfinished sessions), a change counts as arrived when
+    it or a later change of the same session arrived."""
     watch = ChangeWatch(base_url)
     watch.start()
     if not watch.started.wait(60):
         raise RuntimeError("the watch did not start")
     rng = random.Random()
-    written: dict[tuple[str, str], float] = {}
-    clock = STAMPS
+    written: list[tuple[str, str, float]] = []
+    last: dict[str, tuple[str, str]] = {}
     for _ in range(changes):
-        job_id = rng.choice(live)
-        path = folder / f"{job_id}.json"
-        document = orjson.loads(path.read_bytes())
-        document["updated_at"] = stamp = next(clock)
-        data = render(document)
-        if in_place:
-            with open(path, "wb") as stream:
-                stream.write(data)
-        else:
-            temporary = folder / f".{job_id}.json.tmp"
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        written[(job_id, stamp)] = time.monotonic()
+        settled = [job_id for job_id in live if job_id not in last or last[job_id] in watch.seen]
+        job_id = rng.choice(settled or live)
+        document = orjson.loads((folder / f"{job_id}.json").read_bytes())
+        document["updated_at"] = stamp = next(STAMPS)
+        write(job_id, render(document))
+        written.append((job_id, stamp, time.monotonic()))
+        last[job_id] = (job_id, stamp)
         time.sleep(gap_s)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(key in watch.seen for key in written):
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline and not all(key in watch.seen for key in last.values()):
         time.sleep(0.05)
     watch.stop = True
-    delays = [watch.seen[key] - at for key, at in written.items() if key in watch.seen]
+    delays: list[float] = []
+    missed: list[tuple[str, str]] = []
+    for index, (job_id, stamp, at) in enumerate(written):
+        arrivals = [
+            watch.seen[(later, later_stamp)]
+            for later, later_stamp, _ in written[index:]
+            if later == job_id and (later, later_stamp) in watch.seen
+        ]
+        if arrivals:
+            delays.append(min(arrivals) - at)
+        else:
+            missed.append((job_id, stamp))
     return {
         "changes": changes,
-        "missed": changes - len(delays),
+        "missed": len(missed),
+        "missed_changes": missed,
         "p50_ms": percentile(delays, 50) * 1000 if delays else None,
         "p99_ms": percentile(delays, 99) * 1000 if delays else None,
         "max_ms": max(delays) * 1000 if delays else None,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.netpoll", description=__doc__)
-    parser.add_argument("--sessions", type=int, default=100_000)
-    parser.add_argument("--unfinished", type=float, default=0.02)
-    parser.add_argument("--changes", type=int, default=60, help="changes per writer kind")
-    parser.add_argument("--gap-s", type=float, default=0.25, help="seconds between changes")
-    parser.add_argument("--idle-s", type=float, default=62.0, help="idle CPU window (one full rescan is 60 s)")
-    options = parser.parse_args(argv)
-    results: dict[str, Any] = {"settings": vars(options)}
-    work = Path(tempfile.mkdtemp(prefix="netpoll-"))
-    logs = work / "logs"
-    logs.mkdir()
-    try:
-        with netfs.mounted(work / "volume") as volume:
-            print(f"generating {options.sessions:,} sessions...", file=sys.stderr)
-            live = generate(volume.server_path, options.sessions, options.unfinished)
-            local = work / "local"
-            local.mkdir()
-            for name in os.listdir(volume.server_path):
-                os.link(volume.server_path / name, local / name)
-
-            with server.service(local, logs, name="local") as srv:
-                poller = probe.LivezPoller(srv.port, 200)
-                poller.start()
-                try:
-                    local_ready = srv.wait_ready(deadline_s=600, interval_s=0.01)
-                finally:
-                    livez = poller.finish()
-                results["local"] = {
-                    "ready_s": local_ready,
-                    "livez_p99_ms": percentile(livez, 99),
-                    "livez_samples": len(livez),
-                }
-                print(f"local: ready {local_ready:.2f} s, /livez p99 {percentile(livez, 99):.1f} ms", file=sys.stderr)
-                results["local"]["rename"] = freshness(srv.base_url, local, live, options.changes // 2, 0.1, False)
-                results["local"]["in_place"] = freshness(srv.base_url, local, live, options.changes // 2, 0.1, True)
-                print(f"local freshness: {results['local']['rename']} {results['local']['in_place']}", file=sys.stderr)
-
-            with server.service(volume.mount_path, logs, name="network") as srv:
-                poller = probe.LivezPoller(srv.port, 50)
-                poller.start()
-                try:
-                    ready = srv.wait_ready(deadline_s=900, interval_s=0.05)
-                finally:
-                    livez = poller.finish()
-                mode = probe.metric(srv.port, "sessions_poll_hot_files")
-                results["network"] = {
-                    "ready_s": ready,
-                    "ready_vs_local": ready / local_ready,
-                    "livez_p99_ms": percentile(livez, 99),
-                    "hot_files": mode,
-                }
-                print(f"network: ready {ready:.2f} s ({ready / local_ready:.1f}x local)", file=sys.stderr)
-                time.sleep(5)  # the first periods after the warm-up
-                volume_side = volume_pids(volume)
-                before = cpu_seconds([srv.pid]), cpu_seconds(volume_side)
-                started = time.monotonic()
-                time.sleep(options.idle_s)
-                took = time.monotonic() - started
-                service_idle = (cpu_seconds([srv.pid]) - before[0]) / took
-                volume_idle = (cpu_seconds(volume_side) - before[1]) / took
-                results["network"]["idle_cores"] = service_idle + volume_idle
-                results["network"]["idle_cores_service"] = service_idle
-                results["network"]["idle_cores_volume"] = volume_idle
-                print(
-                    f"network: idle {service_idle + volume_idle:.3f} cores over {took:.0f} s "
-                    f"(service {service_idle:.3f}, sshfs + ssh + sshd {volume_idle:.3f})",
-                    file=sys.stderr,
-                )
-                results["network"]["rename"] = freshness(
-                    srv.base_url, volume.server_path, live, options.changes, options.gap_s, False
-                )
-                print(f"network rename: {results['network']['rename']}", file=sys.stderr)
-                results["network"]["in_place"] = freshness(
-                    srv.base_url, volume.server_path, live, options.changes, options.gap_s, True
-                )
-                print(f"network in place: {results['network']['in_place']}", file=sys.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(results, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
