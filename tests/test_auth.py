@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.support import REPO, Server, free_port, put_session, server_env
+from tests.support import REPO, Server, free_port, put_session, server_env, start_server
 from tests.support.ops import JOB_ROUTE, wait_for_scrape
 
 TOKEN = "s3cret-Token_0123456789"
@@ -50,18 +50,43 @@ def token_env(tmp_path: Path, variable: str, content: str | None) -> dict[str, s
     return {variable: str(token_file)}
 
 
+# The tests that only read share a server per way of giving the token, on one worker (a server
+# per worker would cost more than the tests it serves); each stopped when the module is done.
+SHARED = pytest.mark.xdist_group("auth-shared")
+Source = tuple[str, str | None]
+
+
+@pytest.fixture(scope="module")
+def server_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Source], Server]]:
+    """The real server over a folder holding "a", with the token given as `source` says: one
+    server per source, started when a test first asks for it."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    logs = tmp_path_factory.mktemp("logs")
+    servers: dict[Source, Server] = {}
+
+    def get(source: Source) -> Server:
+        if source not in servers:
+            env = token_env(tmp_path_factory.mktemp("token"), *source)
+            servers[source] = start_server(folder, logs, env=env)
+        return servers[source]
+
+    yield get
+    for server in servers.values():
+        server.stop()
+
+
 @pytest.fixture
-def guarded(sessions_dir: Path, serve: Callable[..., Server], tmp_path: Path) -> Server:
-    put_session(sessions_dir, "a")
-    return serve(sessions_dir, env={"SESSIONS_API_TOKEN": TOKEN})
+def guarded(server_for: Callable[[Source], Server]) -> Server:
+    return server_for(("SESSIONS_API_TOKEN", None))
 
 
+@SHARED
 @pytest.mark.parametrize(("variable", "content"), SOURCES)
 def test_the_right_token_opens_the_api(
-    sessions_dir: Path, serve: Callable[..., Server], tmp_path: Path, variable: str, content: str | None
+    server_for: Callable[[Source], Server], variable: str, content: str | None
 ) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir, env=token_env(tmp_path, variable, content))
+    server = server_for((variable, content))
     for path in API_PATHS:
         assert server.get(path).status_code == 401, path
         for scheme in ("Bearer", "bearer", "BEARER"):
@@ -71,6 +96,7 @@ def test_the_right_token_opens_the_api(
     assert head.status_code == 200
 
 
+@SHARED
 @pytest.mark.parametrize("path", API_PATHS)
 def test_a_missing_token_is_401_with_a_bearer_challenge(guarded: Server, path: str) -> None:
     response = guarded.raw("GET", path)
@@ -84,6 +110,7 @@ def test_a_missing_token_is_401_with_a_bearer_challenge(guarded: Server, path: s
     assert b"user-1" not in response.content  # nothing of the document
 
 
+@SHARED
 @pytest.mark.parametrize("authorization", WRONG)
 def test_a_wrong_token_is_401(guarded: Server, authorization: str) -> None:
     for path in API_PATHS[:2]:
@@ -93,6 +120,7 @@ def test_a_wrong_token_is_401(guarded: Server, authorization: str) -> None:
         assert b"job_id" not in response.content
 
 
+@SHARED
 @pytest.mark.parametrize("path", OPEN_PATHS)
 def test_probes_metrics_and_openapi_need_no_token(guarded: Server, path: str) -> None:
     assert guarded.get(path).status_code == 200
@@ -100,13 +128,17 @@ def test_probes_metrics_and_openapi_need_no_token(guarded: Server, path: str) ->
     assert guarded.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 200
 
 
+@SHARED
 @pytest.mark.parametrize("path", ["/api/v2/jobs/..%2F..%2Fetc%2Fpasswd", "/api/v2/jobs/nope", "/api/v1/other"])
 def test_the_token_is_checked_before_anything_else_under_api(guarded: Server, path: str) -> None:
     """Without the token nothing under /api/ tells what exists or what is valid."""
     assert guarded.raw("GET", path).status_code == 401
 
 
-def test_refusals_are_counted_under_the_route_template(guarded: Server) -> None:
+def test_refusals_are_counted_under_the_route_template(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    # A server of its own: the refusals of the other tests would move its counter.
+    put_session(sessions_dir, "a")
+    guarded = serve(sessions_dir, env={"SESSIONS_API_TOKEN": TOKEN})
     for _ in range(3):
         assert guarded.get("/api/v2/jobs/a").status_code == 401
     wait_for_scrape(
