@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from tests.support import (
     listed,
     put_session,
     session_doc,
+    start_server,
     wait_until,
     write_atomic,
     write_in_chunks,
@@ -35,6 +37,35 @@ MODES = {
 @pytest.fixture(params=list(MODES))
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+class Shared(NamedTuple):
+    server: Server
+    folder: Path
+
+
+# The tests that watch only a session of their own share one server per watch mode, on one
+# worker (a server per worker would cost more than the tests it serves); those that look at the
+# whole folder (listings, order, counts) keep a server of their own.
+SHARED = pytest.mark.xdist_group("freshness-shared")
+
+
+@pytest.fixture(scope="module")
+def server_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Shared]]:
+    """The real server in a watch mode, over a folder of its own: one per mode, started when a
+    test first asks for it."""
+    servers: dict[str, Shared] = {}
+    logs = tmp_path_factory.mktemp("logs")
+
+    def get(mode: str) -> Shared:
+        if mode not in servers:
+            folder = tmp_path_factory.mktemp(f"sessions-{mode}")
+            servers[mode] = Shared(start_server(folder, logs, env=MODES[mode][0]), folder)
+        return servers[mode]
+
+    yield get
+    for shared in servers.values():
+        shared.server.stop()
 
 
 def body_of(server: Server, job_id: str) -> bytes | None:
@@ -71,28 +102,27 @@ def test_every_kind_of_write_shows(sessions_dir: Path, serve: Callable[..., Serv
     assert list(listed(server)) == ["seed"]
 
 
-def test_same_size_rewrites_in_quick_succession_are_seen(
-    sessions_dir: Path, serve: Callable[..., Server], mode: str
-) -> None:
+@SHARED
+def test_same_size_rewrites_in_quick_succession_are_seen(server_in: Callable[[str], Shared], mode: str) -> None:
     # Same length, same second (often the same timestamp tick): size and whole-second mtimes
     # cannot tell these versions apart.
-    env, guard = MODES[mode]
-    server = serve(sessions_dir, env=env)
-    path = sessions_dir / "j.json"
+    _, guard = MODES[mode]
+    server, sessions_dir = server_in(mode)
+    path = sessions_dir / "same.json"
     for status in ["aaaa", "bbbb", "cccc"]:
-        write_in_place(path, encode(session_doc("j", status=status)))
-    final = encode(session_doc("j", status="dddd"))
+        write_in_place(path, encode(session_doc("same", status=status)))
+    final = encode(session_doc("same", status="dddd"))
     write_in_place(path, final)
-    wait_until(lambda: body_of(server, "j") == final, guard, what="the last same-size rewrite")
+    wait_until(lambda: body_of(server, "same") == final, guard, what="the last same-size rewrite")
 
 
-def test_invalid_file_keeps_last_valid_version_marked_stale(
-    sessions_dir: Path, serve: Callable[..., Server], mode: str
-) -> None:
-    env, guard = MODES[mode]
+@SHARED
+def test_invalid_file_keeps_last_valid_version_marked_stale(server_in: Callable[[str], Shared], mode: str) -> None:
+    _, guard = MODES[mode]
+    server, sessions_dir = server_in(mode)
     good = encode(session_doc("j", status="running"))
-    (sessions_dir / "j.json").write_bytes(good)
-    server = serve(sessions_dir, env=env)
+    write_atomic(sessions_dir / "j.json", good)  # whole: the server never sees it torn before it was valid
+    wait_until(lambda: body_of(server, "j") == good, guard, what="the valid version")
     fresh = server.get("/api/v2/jobs/j")
     assert "x-session-stale" not in fresh.headers
 
