@@ -50,9 +50,8 @@ def token_env(tmp_path: Path, variable: str, content: str | None) -> dict[str, s
     return {variable: str(token_file)}
 
 
-# The tests that only read share a server per way of giving the token, on one worker (a server
-# per worker would cost more than the tests it serves); each stopped when the module is done.
-SHARED = pytest.mark.xdist_group("auth-shared")
+# The tests that only read share a server per way of giving the token; each is stopped when the
+# module is done.
 Source = tuple[str, str | None]
 
 
@@ -81,7 +80,6 @@ def guarded(server_for: Callable[[Source], Server]) -> Server:
     return server_for(("SESSIONS_API_TOKEN", None))
 
 
-@SHARED
 @pytest.mark.parametrize(("variable", "content"), SOURCES)
 def test_the_right_token_opens_the_api(
     server_for: Callable[[Source], Server], variable: str, content: str | None
@@ -96,7 +94,6 @@ def test_the_right_token_opens_the_api(
     assert head.status_code == 200
 
 
-@SHARED
 @pytest.mark.parametrize("path", API_PATHS)
 def test_a_missing_token_is_401_with_a_bearer_challenge(guarded: Server, path: str) -> None:
     response = guarded.raw("GET", path)
@@ -110,7 +107,6 @@ def test_a_missing_token_is_401_with_a_bearer_challenge(guarded: Server, path: s
     assert b"user-1" not in response.content  # nothing of the document
 
 
-@SHARED
 @pytest.mark.parametrize("authorization", WRONG)
 def test_a_wrong_token_is_401(guarded: Server, authorization: str) -> None:
     for path in API_PATHS[:2]:
@@ -120,7 +116,6 @@ def test_a_wrong_token_is_401(guarded: Server, authorization: str) -> None:
         assert b"job_id" not in response.content
 
 
-@SHARED
 @pytest.mark.parametrize("path", OPEN_PATHS)
 def test_probes_metrics_and_openapi_need_no_token(guarded: Server, path: str) -> None:
     assert guarded.get(path).status_code == 200
@@ -128,7 +123,6 @@ def test_probes_metrics_and_openapi_need_no_token(guarded: Server, path: str) ->
     assert guarded.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 200
 
 
-@SHARED
 @pytest.mark.parametrize("path", ["/api/v2/jobs/..%2F..%2Fetc%2Fpasswd", "/api/v2/jobs/nope", "/api/v1/other"])
 def test_the_token_is_checked_before_anything_else_under_api(guarded: Server, path: str) -> None:
     """Without the token nothing under /api/ tells what exists or what is valid."""

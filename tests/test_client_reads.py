@@ -71,8 +71,7 @@ class Shared(NamedTuple):
 
 
 # The tests that read only sessions of their own and count nothing on the server share one
-# server, on one worker; the others count requests or waiting polls, or list the whole folder.
-SHARED = pytest.mark.xdist_group("client-reads-shared")
+# server; the others count requests or waiting polls, or list the whole folder.
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +135,6 @@ def test_a_client_without_a_cache_asks_for_the_body_each_time(
     assert requests(server, JOB_ROUTE, "200") == 2 and requests(server, JOB_ROUTE, "304") == 0
 
 
-@SHARED
 def test_problems_are_typed(shared: Shared, client_for: Callable[..., SessionsClient]) -> None:
     server, sessions_dir = shared
     write_in_place(sessions_dir / "never.json", b"{not json")
@@ -301,7 +299,6 @@ def test_wait_takes_a_predicate(sessions_dir: Path, serve: Serve, client_for: Ca
     assert session.document["step"] == 1
 
 
-@SHARED
 def test_wait_times_out_with_the_last_version(shared: Shared, client_for: Callable[..., SessionsClient]) -> None:
     server, sessions_dir = shared
     put_session(sessions_dir, "still", status="running")

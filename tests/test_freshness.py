@@ -44,10 +44,8 @@ class Shared(NamedTuple):
     folder: Path
 
 
-# The tests that watch only a session of their own share one server per watch mode, on one
-# worker (a server per worker would cost more than the tests it serves); those that look at the
-# whole folder (listings, order, counts) keep a server of their own.
-SHARED = pytest.mark.xdist_group("freshness-shared")
+# The tests that watch only a session of their own share one server per watch mode; those that
+# look at the whole folder (listings, order, counts) keep a server of their own.
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,6 @@ def test_every_kind_of_write_shows(sessions_dir: Path, serve: Callable[..., Serv
     assert list(listed(server)) == ["seed"]
 
 
-@SHARED
 def test_same_size_rewrites_in_quick_succession_are_seen(server_in: Callable[[str], Shared], mode: str) -> None:
     # Same length, same second (often the same timestamp tick): size and whole-second mtimes
     # cannot tell these versions apart.
@@ -116,7 +113,6 @@ def test_same_size_rewrites_in_quick_succession_are_seen(server_in: Callable[[st
     wait_until(lambda: body_of(server, "same") == final, guard, what="the last same-size rewrite")
 
 
-@SHARED
 def test_invalid_file_keeps_last_valid_version_marked_stale(server_in: Callable[[str], Shared], mode: str) -> None:
     _, guard = MODES[mode]
     server, sessions_dir = server_in(mode)

@@ -16,9 +16,7 @@ from tests.support import Server, put_session, start_server, wait_until
 
 Serve = Callable[..., Server]
 # The tests whose long polls nothing answers but the clock share one server over one unchanging
-# session, on one worker (a server per worker would cost more than the tests it serves). Those
-# that write, or count waiting polls, keep a server of their own.
-SHARED = pytest.mark.xdist_group("long-poll-shared")
+# session; those that write, or count waiting polls, keep a server of their own.
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +90,6 @@ def test_a_deletion_answers_404(sessions_dir: Path, serve: Serve) -> None:
     assert response.headers["preference-applied"] == "wait=60"
 
 
-@SHARED
 def test_no_change_is_a_304_after_the_wait(unchanging: Server) -> None:
     server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]
@@ -117,7 +114,6 @@ def test_the_wait_is_capped(sessions_dir: Path, serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("prefer", ["wait=60", "respond-async, wait=60", 'wait="60"', "wait=60; foo=bar"])
-@SHARED
 def test_a_stale_etag_answers_at_once_as_without_prefer(unchanging: Server, prefer: str) -> None:
     server = unchanging
     started = time.monotonic()
@@ -127,7 +123,6 @@ def test_a_stale_etag_answers_at_once_as_without_prefer(unchanging: Server, pref
     assert time.monotonic() - started < 10
 
 
-@SHARED
 def test_other_preferences_are_ignored(unchanging: Server) -> None:
     server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]
@@ -136,7 +131,6 @@ def test_other_preferences_are_ignored(unchanging: Server) -> None:
 
 
 @pytest.mark.parametrize("prefer", ["wait", "wait=", "wait=abc", "wait=-1", "wait=1.5", "wait=١"])
-@SHARED
 def test_a_malformed_wait_is_a_400(unchanging: Server, prefer: str) -> None:
     server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]

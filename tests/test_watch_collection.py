@@ -20,11 +20,6 @@ Open = Callable[..., Watch]
 Serve = Callable[..., Server]
 
 
-# The read-only tests share one server over one folder, on one worker (a server per worker
-# would cost more than the tests it serves).
-SHARED = pytest.mark.xdist_group("watch-collection-shared")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server over four sessions that nothing changes: for the tests that only read."""
@@ -163,7 +158,6 @@ def test_server_sent_events(sessions_dir: Path, serve: Serve, watch: Open) -> No
         ("user_id=ann&include_saved=false", {"r1"}),
     ],
 )
-@SHARED
 def test_filters_as_for_the_list(shared: Server, watch: Open, query: str, expect_ids: set[str]) -> None:
     stream = watch(shared, f"/api/v2/jobs?watch=true&{query}")
     stream.wait_for(lambda event: event.get("initial_events_end", False))
@@ -245,7 +239,6 @@ def test_a_stream_ends_cleanly_after_its_lifetime(sessions_dir: Path, serve: Ser
         ("watch=true", {"Last-Event-ID": "aaaaaaaaaaaa.3"}, 410),
     ],
 )
-@SHARED
 def test_bad_parameters_are_a_400_and_unknown_revisions_a_410(
     shared: Server, query: str, headers: dict[str, str], status: int
 ) -> None:
@@ -318,7 +311,6 @@ def test_a_stream_that_falls_behind_its_buffer_gets_an_error_and_ends(
     )
 
 
-@SHARED
 def test_head_of_a_watch_is_headers_only(shared: Server) -> None:
     response = shared.client.head("/api/v2/jobs?watch=true", headers={"Accept": "text/event-stream"})
     assert response.status_code == 200 and response.content == b""

@@ -26,13 +26,10 @@ class Shared(NamedTuple):
     folder: Path
 
 
-# A job's stream hears only its job: the tests that each write a job of their own share one
-# server, on one worker (a server per worker would cost more than the tests it serves).
-SHARED = pytest.mark.xdist_group("watch-job-shared")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """The real server over a folder where each test writes a job of its own: a job's stream
+    hears only its job, so these tests share it."""
     folder = tmp_path_factory.mktemp("sessions")
     server = start_server(folder, tmp_path_factory.mktemp("logs"), env=FAST)
     yield Shared(server, folder)
@@ -51,7 +48,6 @@ def put_served(shared: Shared, job_id: str, **fields: Any) -> None:
     wait_until(lambda: shared.server.get(f"/api/v2/jobs/{job_id}").status_code == 200, what=f"{job_id} served")
 
 
-@SHARED
 def test_versions_deletion_and_rebirth(shared: Shared, watch: Open) -> None:
     server, sessions_dir = shared
     put_served(shared, "rebirth", status="running")
@@ -75,7 +71,6 @@ def test_versions_deletion_and_rebirth(shared: Shared, watch: Open) -> None:
     assert [event["type"] for event in stream.changes()] == ["ADDED", "MODIFIED", "DELETED", "ADDED"]
 
 
-@SHARED
 def test_a_job_that_does_not_exist_yet_sends_nothing_until_it_appears(shared: Shared, watch: Open) -> None:
     stream = watch(shared.server, "/api/v2/jobs/later?watch=true")
     stream.wait(lambda s: sum(event["type"] == "BOOKMARK" for event in s.events) >= 2, what="two bookmarks")
@@ -87,7 +82,6 @@ def test_a_job_that_does_not_exist_yet_sends_nothing_until_it_appears(shared: Sh
 
 @pytest.mark.parametrize("header", ["If-None-Match", "Last-Event-ID"])
 @pytest.mark.parametrize("shape", ["as given", "weak", "unquoted"])
-@SHARED
 def test_naming_the_current_etag_skips_the_first_event(shared: Shared, watch: Open, header: str, shape: str) -> None:
     job_id = f"current-{header}-{shape.replace(' ', '-')}"
     put_served(shared, job_id)
@@ -101,7 +95,6 @@ def test_naming_the_current_etag_skips_the_first_event(shared: Shared, watch: Op
     assert modified["type"] == "MODIFIED" and modified["object"]["status"] == "completed"
 
 
-@SHARED
 def test_an_old_etag_gets_the_current_version(shared: Shared, watch: Open) -> None:
     server = shared.server
     put_served(shared, "old-etag", status="running")
@@ -113,7 +106,6 @@ def test_an_old_etag_gets_the_current_version(shared: Shared, watch: Open) -> No
     assert first["type"] == "ADDED" and first["object"]["status"] == "completed"
 
 
-@SHARED
 def test_a_client_whose_job_was_deleted_hears_deleted(shared: Shared, watch: Open) -> None:
     server = shared.server
     put_served(shared, "gone")
@@ -141,7 +133,6 @@ def test_etags_resume_on_any_replica(sessions_dir: Path, serve: Serve, watch: Op
     assert first.wait_for(lambda event: event["type"] == "MODIFIED")["etag"] == served(two, "j")[1]
 
 
-@SHARED
 def test_server_sent_events_carry_the_etag_as_id(shared: Shared, watch: Open) -> None:
     put_served(shared, "sse")
     stream = watch(shared.server, "/api/v2/jobs/sse?watch=true", sse=True)
@@ -151,7 +142,6 @@ def test_server_sent_events_carry_the_etag_as_id(shared: Shared, watch: Open) ->
     assert bookmark["_id"] is None  # the id a reconnect sends stays the ETag
 
 
-@SHARED
 def test_a_pretty_printed_document_is_one_line_per_event(shared: Shared, watch: Open) -> None:
     doc = session_doc("pretty", note="line\nbreaks\r\nescaped", nested={"a": [1, 2, {"b": None}]})
     write_atomic(shared.folder / "pretty.json", encode(doc))
@@ -170,7 +160,6 @@ def test_a_pretty_printed_document_is_one_line_per_event(shared: Shared, watch: 
         ("/api/v2/jobs/j?watch=true&revision=abc.1", 400),
     ],
 )
-@SHARED
 def test_bad_job_watches_are_a_400(shared: Shared, target: str, status: int) -> None:
     response = shared.server.raw("GET", target)
     assert response.status_code == status
