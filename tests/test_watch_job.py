@@ -117,20 +117,20 @@ def test_a_client_whose_job_was_deleted_hears_deleted(shared: Shared, watch: Ope
     assert deleted["type"] == "DELETED" and deleted["etag"] == etag and deleted["object"] is None
 
 
-def test_etags_resume_on_any_replica(sessions_dir: Path, serve: Serve, watch: Open) -> None:
+def test_etags_resume_on_any_replica(shared: Shared, serve: Serve, watch: Open) -> None:
     """Two replicas over one folder give the same ETags: a client moves from one to the other
     without being sent the version it has."""
-    put_session(sessions_dir, "j")
-    one, two = serve(sessions_dir, env=FAST), serve(sessions_dir, env=FAST)
-    first = watch(one, "/api/v2/jobs/j?watch=true", sse=True)
+    put_session(shared.folder, "replica")
+    one, two = shared.server, serve(shared.folder, env=FAST)  # the shared one, and a replica beside it
+    first = watch(one, "/api/v2/jobs/replica?watch=true", sse=True)
     added = first.wait_for(lambda event: event["type"] == "ADDED")
-    assert added["_id"] == added["etag"] == served(two, "j")[1]
-    resumed = watch(two, "/api/v2/jobs/j?watch=true", sse=True, headers={"Last-Event-ID": added["_id"]})
+    assert added["_id"] == added["etag"] == served(two, "replica")[1]
+    resumed = watch(two, "/api/v2/jobs/replica?watch=true", sse=True, headers={"Last-Event-ID": added["_id"]})
     resumed.wait(lambda s: any(event["type"] == "BOOKMARK" for event in s.events), what="a bookmark")
     assert resumed.changes() == []
-    put_session(sessions_dir, "j", status="failed")
+    put_session(shared.folder, "replica", status="failed")
     assert resumed.wait_for(lambda event: event["type"] == "MODIFIED")["object"]["status"] == "failed"
-    assert first.wait_for(lambda event: event["type"] == "MODIFIED")["etag"] == served(two, "j")[1]
+    assert first.wait_for(lambda event: event["type"] == "MODIFIED")["etag"] == served(two, "replica")[1]
 
 
 def test_server_sent_events_carry_the_etag_as_id(shared: Shared, watch: Open) -> None:
