@@ -23,16 +23,28 @@ from app.api.problems import PROBLEMS
 from app.api.problemtypes import PROBLEM_TYPES
 from app.api.routes import PAGE_PATHS, route_template
 from app.settings import load_settings
-from tests.support import REPO, Server, put_session
+from tests.support import REPO, Server, put_session, start_server
 
 SPEC_JOB_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # docs/contract.md#files
 
 
+# The tests on the shared server run on one xdist worker, so that it starts once (see test_metrics).
+SHARED = pytest.mark.xdist_group("openapi-shared-server")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server, without a token, for the tests that only read."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def document(sessions_dir: Path, serve: Callable[..., Server]) -> dict[str, Any]:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
-    response = server.get("/openapi.json")
+def document(shared: Server) -> dict[str, Any]:
+    response = shared.get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
@@ -54,12 +66,14 @@ def parameters(document: dict[str, Any], path: str) -> dict[str, dict[str, Any]]
     return {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
 
 
+@SHARED
 def test_the_document_is_valid_openapi_3(document: dict[str, Any]) -> None:
     validate(document)  # raises on any violation of the OpenAPI schema
     assert document["openapi"].startswith("3.")
     assert document["info"]["version"] == __version__
 
 
+@SHARED
 def test_every_route_of_the_app_is_documented(sessions_dir: Path, document: dict[str, Any]) -> None:
     routes = app_paths(sessions_dir)
     # the live page is for people, not generators: every other route is documented
@@ -76,6 +90,7 @@ def test_every_route_of_the_app_is_documented(sessions_dir: Path, document: dict
     } <= routes
 
 
+@SHARED
 def test_every_operation_is_complete(document: dict[str, Any]) -> None:
     operation_ids = []
     for path, item in document["paths"].items():
@@ -95,6 +110,7 @@ def test_every_operation_is_complete(document: dict[str, Any]) -> None:
     assert len(operation_ids) == len(set(operation_ids))
 
 
+@SHARED
 def test_no_parameter_declares_a_default(document: dict[str, Any]) -> None:
     """Generated clients send declared defaults: a watch=True call would also send limit=100
     and get a 400. The defaults are told in the descriptions instead."""
@@ -115,6 +131,7 @@ def keys_named(value: object, name: str) -> Iterator[object]:
             yield from keys_named(item, name)
 
 
+@SHARED
 def test_the_job_id_parameter_is_the_spec_pattern(document: dict[str, Any]) -> None:
     job_id = parameters(document, "/api/v2/jobs/{job_id}")["job_id"]
     assert job_id["in"] == "path" and job_id["required"] is True
@@ -127,6 +144,7 @@ def test_the_job_id_parameter_is_the_spec_pattern(document: dict[str, Any]) -> N
     assert pattern.pattern == SPEC_JOB_ID
 
 
+@SHARED
 def test_the_list_parameters_are_the_endpoints_limits(document: dict[str, Any]) -> None:
     listed = parameters(document, "/api/v2/jobs")
     assert set(listed) == {
@@ -174,12 +192,10 @@ OBSERVED = [
 ]
 
 
+@SHARED
 @pytest.mark.parametrize(("target", "path"), OBSERVED)
-def test_the_statuses_the_server_gives_are_documented(
-    sessions_dir: Path, serve: Callable[..., Server], target: str, path: str
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_the_statuses_the_server_gives_are_documented(shared: Server, target: str, path: str) -> None:
+    server = shared
     document = server.get("/openapi.json").json()
     response = server.raw("GET", target)
     assert str(response.status_code) in document["paths"][path]["get"]["responses"], (target, response.status_code)
@@ -190,15 +206,16 @@ def test_the_statuses_the_server_gives_are_documented(
         assert (response.status_code == 200) == in_range, (target, response.status_code)
 
 
-def test_a_304_is_documented_and_given(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+@SHARED
+def test_a_304_is_documented_and_given(shared: Server) -> None:
+    server = shared
     etag = server.get("/api/v2/jobs/a").headers["etag"]
     assert server.get("/api/v2/jobs/a", headers={"If-None-Match": etag}).status_code == 304
     document = server.get("/openapi.json").json()
     assert "304" in document["paths"]["/api/v2/jobs/{job_id}"]["get"]["responses"]
 
 
+@SHARED
 def test_without_a_token_no_security_is_declared(document: dict[str, Any]) -> None:
     """A generator would otherwise demand an authenticated client that nothing needs."""
     assert "securitySchemes" not in document["components"]
@@ -244,8 +261,9 @@ def test_with_a_token_the_api_declares_bearer_or_the_access_token_parameter(sess
     assert "security" not in document  # probes, metrics, the document and problem pages stay open
 
 
-def test_head_of_the_document_has_no_body(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir)
+@SHARED
+def test_head_of_the_document_has_no_body(shared: Server) -> None:
+    server = shared
     response = server.client.head("/openapi.json")
     assert response.status_code == 200
     assert response.content == b""
@@ -320,9 +338,9 @@ def test_every_header_of_a_stream_and_a_long_poll_is_declared(sessions_dir: Path
             assert set(response.headers) - TRANSPORT_HEADERS <= declared_headers(document, path, 200), target
 
 
-def test_head_is_served_for_every_documented_get(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+@SHARED
+def test_head_is_served_for_every_documented_get(shared: Server) -> None:
+    server = shared
     document = server.get("/openapi.json").json()
     targets = {JOB_PATH: "/api/v2/jobs/a", "/problems/{name}": "/problems/bad-request"}
     for path in document["paths"]:
