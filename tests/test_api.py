@@ -34,10 +34,6 @@ def fill(sessions_dir: Path) -> Path:
     return sessions_dir
 
 
-# The tests on the shared server run on one xdist worker, so that it starts once (see test_metrics).
-SHARED = pytest.mark.xdist_group("api-shared-server")
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The six sessions, and two files that never were valid sessions (neither is listed)."""
@@ -68,7 +64,6 @@ def assert_problem(response: httpx.Response | RawResponse, status: int) -> dict[
 # --- one job -------------------------------------------------------------------------------------
 
 
-@SHARED
 def test_get_serves_the_document_as_written(folder: Path, server: Server) -> None:
     response = server.get("/api/v2/jobs/a1")
     assert response.status_code == 200
@@ -80,7 +75,6 @@ def test_get_serves_the_document_as_written(folder: Path, server: Server) -> Non
     assert "x-session-stale" not in response.headers
 
 
-@SHARED
 def test_etag_and_conditional_get(server: Server) -> None:
     etag = server.get("/api/v2/jobs/a1").headers["etag"]
     for value in [etag, f'"nope", {etag}', f"W/{etag}", "*"]:
@@ -92,7 +86,6 @@ def test_etag_and_conditional_get(server: Server) -> None:
     assert server.get("/api/v2/jobs/b2").headers["etag"] != etag
 
 
-@SHARED
 def test_head(server: Server) -> None:
     get = server.get("/api/v2/jobs/a1")
     head = server.client.head("/api/v2/jobs/a1")
@@ -103,7 +96,6 @@ def test_head(server: Server) -> None:
     assert server.client.head("/api/v2/jobs").status_code == 200
 
 
-@SHARED
 @pytest.mark.parametrize(
     "path",
     [
@@ -131,14 +123,12 @@ def test_bad_job_ids_are_400(server: Server, path: str) -> None:
     assert len(str(body["detail"])) < 400  # never echoes a huge input back
 
 
-@SHARED
 def test_unknown_job_is_404(server: Server) -> None:
     body = assert_problem(server.get("/api/v2/jobs/nope"), 404)
     assert "nope" in str(body["detail"])
     assert_problem(server.get("/no/such/route"), 404)
 
 
-@SHARED
 def test_never_valid_file_is_404_with_reason(server: Server) -> None:
     assert "not a JSON object" in str(assert_problem(server.get("/api/v2/jobs/broken"), 404)["detail"])
     assert "does not match" in str(assert_problem(server.get("/api/v2/jobs/liar"), 404)["detail"])
@@ -146,7 +136,6 @@ def test_never_valid_file_is_404_with_reason(server: Server) -> None:
     assert "broken" not in listed and "liar" not in listed
 
 
-@SHARED
 def test_other_methods_are_405(server: Server) -> None:
     response = server.client.post("/api/v2/jobs/a1")
     assert_problem(response, 405)
@@ -168,7 +157,6 @@ def ids(response: httpx.Response) -> list[str]:
     return [item["job_id"] for item in response.json()]
 
 
-@SHARED
 def test_list_order_summaries_and_headers(server: Server) -> None:
     response = server.get("/api/v2/jobs")
     assert response.headers["content-type"] == "application/json"
@@ -186,14 +174,12 @@ def test_list_order_summaries_and_headers(server: Server) -> None:
     }
 
 
-@SHARED
 def test_list_with_and_without_trailing_slash_without_redirect(server: Server) -> None:
     slash = server.get("/api/v2/jobs/")
     assert slash.status_code == 200
     assert ids(slash) == ids(server.get("/api/v2/jobs"))
 
 
-@SHARED
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -221,7 +207,6 @@ def test_list_filters(server: Server, query: str, expected: list[str]) -> None:
     assert response.headers["x-total-count"] == str(len(expected))
 
 
-@SHARED
 def test_keyset_pages_follow_links(server: Server) -> None:
     seen: list[str] = []
     url = "/api/v2/jobs?limit=2&user_id=ann&include_saved=true"
@@ -252,7 +237,6 @@ def test_pages_are_stable_while_sessions_change(sessions_dir: Path, serve: Calla
     assert ids(rest) == ["b2", "e5", "f6"]
 
 
-@SHARED
 @pytest.mark.parametrize(
     "query",
     [
@@ -279,7 +263,6 @@ def test_bad_list_parameters_are_400(server: Server, query: str) -> None:
     assert_problem(server.get(f"/api/v2/jobs?{query}"), 400)
 
 
-@SHARED
 def test_limit_bounds(server: Server) -> None:
     assert len(ids(server.get("/api/v2/jobs?limit=1"))) == 1
     assert len(ids(server.get("/api/v2/jobs?limit=1000"))) == 6
@@ -288,7 +271,6 @@ def test_limit_bounds(server: Server) -> None:
 # --- probes --------------------------------------------------------------------------------------
 
 
-@SHARED
 def test_probes(server: Server) -> None:
     for path in ["/livez", "/healthz"]:
         response = server.get(path)

@@ -36,10 +36,6 @@ GENERATED_ID = re.compile(r"[0-9a-f]{16}")
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-# The tests on the shared server run on one xdist worker, so that it starts once (see test_metrics).
-SHARED = pytest.mark.xdist_group("logs-shared-server")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that write no files: each finds its own lines in the log by a
@@ -63,7 +59,6 @@ def access_line_for(server: Server, request_id: str) -> dict[str, Any]:
     return wait_until(find, 10, what=f"the access line of request {request_id}")
 
 
-@SHARED
 def test_every_stdout_line_is_a_json_object_with_the_common_fields(shared: Server) -> None:
     server = shared
     paths = ("/api/v2/jobs/a", "/api/v2/jobs/nope", "/api/v2/jobs/..%2F", "/api/v2/jobs", "/metrics", "/nope")
@@ -100,7 +95,6 @@ ACCESS = [
 ]
 
 
-@SHARED
 @pytest.mark.parametrize(("path", "route", "status"), ACCESS)
 def test_an_access_line_per_request(shared: Server, path: str, route: str, status: int) -> None:
     server = shared
@@ -132,7 +126,6 @@ REQUEST_IDS = [
 ]
 
 
-@SHARED
 @pytest.mark.parametrize(("sent", "echoed"), REQUEST_IDS)
 def test_the_request_id_is_echoed_and_logged(shared: Server, sent: str, echoed: str) -> None:
     server = shared
@@ -149,7 +142,6 @@ def test_the_request_id_is_echoed_and_logged(shared: Server, sent: str, echoed: 
         assert sent not in server.log_path.read_text(errors="replace")  # a rejected id is not logged either
 
 
-@SHARED
 def test_a_request_id_is_generated_when_absent_and_differs_per_request(shared: Server) -> None:
     server = shared
     ids = [server.get("/livez").headers["x-request-id"] for _ in range(20)]
@@ -162,7 +154,6 @@ def test_a_request_id_is_generated_when_absent_and_differs_per_request(shared: S
 ERRORS = ["/api/v2/jobs/nope", "/api/v2/jobs/..%2F..%2Fx", "/api/v2/jobs?limit=abc", "/nope"]
 
 
-@SHARED
 @pytest.mark.parametrize("path", ERRORS)
 def test_error_responses_carry_the_request_id_too(shared: Server, path: str) -> None:
     server = shared

@@ -57,11 +57,6 @@ def job_requests(scraped: Scrape, status: str = "200", method: str = "GET") -> f
     return scraped.value("sessions_http_requests_total", route=JOB_ROUTE, method=method, status=status)
 
 
-# The tests on the shared server run on one xdist worker, so that it starts once; they run one
-# after another there, and count what moves by difference from a scrape of their own.
-SHARED = pytest.mark.xdist_group("metrics-shared-server")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that write no files: each measures counters as they move from a
@@ -77,7 +72,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 # --- the exposition --------------------------------------------------------------------------------
 
 
-@SHARED
 def test_the_exposition_parses_and_follows_the_naming_conventions(shared: Server) -> None:
     server = shared
     before = job_requests(scrape(server))
@@ -101,7 +95,6 @@ def test_the_exposition_parses_and_follows_the_naming_conventions(shared: Server
     assert len(names) == len(set(names)), names
 
 
-@SHARED
 @pytest.mark.parametrize(("family", "kind"), FAMILIES)
 def test_every_figure_the_spec_names_is_exposed(shared: Server, family: str, kind: str) -> None:
     server = shared
@@ -130,7 +123,6 @@ REQUESTS = [
 ]
 
 
-@SHARED
 def test_requests_are_counted_by_route_template_and_status(shared: Server) -> None:
     server = shared
     before = scrape(server)
@@ -154,7 +146,6 @@ def test_requests_are_counted_by_route_template_and_status(shared: Server) -> No
         assert raw not in scraped.text, f"the raw path piece {raw!r} leaked into the exposition"
 
 
-@SHARED
 def test_head_requests_are_counted_under_their_method(shared: Server) -> None:
     server = shared
     before = job_requests(scrape(server), method="HEAD")
@@ -186,7 +177,6 @@ def test_the_latency_histogram_counts_every_request_in_a_bucket(
     assert under_100ms >= count * 0.8, histogram_buckets(scraped, name, **labels)
 
 
-@SHARED
 def test_a_scrape_is_itself_counted_by_the_next_one(shared: Server) -> None:
     server = shared
     first = scrape(server).value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
@@ -364,7 +354,6 @@ def test_poll_mode_polls_and_changes_move(sessions_dir: Path, serve: Callable[..
 # --- the event loop ------------------------------------------------------------------------------------
 
 
-@SHARED
 def test_event_loop_lag_histogram_is_measured(shared: Server) -> None:
     server = shared
     first = scrape(server).value("sessions_event_loop_lag_seconds_count")

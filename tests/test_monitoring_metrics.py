@@ -24,9 +24,6 @@ from tests.support.monitoring import (
 )
 from tests.support.ops import parse
 
-# The tests on the shared server run on one xdist worker, so that it starts once (see test_metrics).
-SHARED = pytest.mark.xdist_group("monitoring-shared-server")
-
 
 @dataclass(frozen=True)
 class Started:
@@ -80,7 +77,6 @@ def test_the_exposition_reader_counts_families_without_samples() -> None:
     assert exposed_names(text) == {"x_total", "h_bucket", "h_count", "h_sum", "g"}
 
 
-@SHARED
 def test_every_metric_the_alerts_and_dashboard_read_is_exported(auto: Started) -> None:
     server = auto.server
     assert server.get("/api/v2/jobs/job-1").status_code == 200
@@ -96,7 +92,7 @@ def test_every_metric_the_alerts_and_dashboard_read_is_exported(auto: Started) -
 @pytest.mark.parametrize(
     ("setting", "mode", "reason"),
     [
-        pytest.param("auto", "native", "local filesystem", marks=SHARED),  # the shared server's mode
+        ("auto", "native", "local filesystem"),  # the shared server's mode
         ("native", "native", "set by SESSIONS_WATCH"),
         ("poll", "poll", "set by SESSIONS_WATCH"),
         ("off", "off", "set by SESSIONS_WATCH"),
@@ -127,7 +123,6 @@ def test_the_watch_mode_is_exported(
         assert scraped.value("sessions_watcher_up") == 0
 
 
-@SHARED
 def test_process_metrics_describe_the_server_process(auto: Started) -> None:
     before, server = auto.before, auto.server
     scraped = parse(metrics_text(server))

@@ -28,10 +28,6 @@ from tests.support import REPO, Server, put_session, start_server
 SPEC_JOB_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # docs/contract.md#files
 
 
-# The tests on the shared server run on one xdist worker, so that it starts once (see test_metrics).
-SHARED = pytest.mark.xdist_group("openapi-shared-server")
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server, without a token, for the tests that only read; long polls are capped at one
@@ -67,14 +63,12 @@ def parameters(document: dict[str, Any], path: str) -> dict[str, dict[str, Any]]
     return {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
 
 
-@SHARED
 def test_the_document_is_valid_openapi_3(document: dict[str, Any]) -> None:
     validate(document)  # raises on any violation of the OpenAPI schema
     assert document["openapi"].startswith("3.")
     assert document["info"]["version"] == __version__
 
 
-@SHARED
 def test_every_route_of_the_app_is_documented(sessions_dir: Path, document: dict[str, Any]) -> None:
     routes = app_paths(sessions_dir)
     # the live page is for people, not generators: every other route is documented
@@ -91,7 +85,6 @@ def test_every_route_of_the_app_is_documented(sessions_dir: Path, document: dict
     } <= routes
 
 
-@SHARED
 def test_every_operation_is_complete(document: dict[str, Any]) -> None:
     operation_ids = []
     for path, item in document["paths"].items():
@@ -111,7 +104,6 @@ def test_every_operation_is_complete(document: dict[str, Any]) -> None:
     assert len(operation_ids) == len(set(operation_ids))
 
 
-@SHARED
 def test_no_parameter_declares_a_default(document: dict[str, Any]) -> None:
     """Generated clients send declared defaults: a watch=True call would also send limit=100
     and get a 400. The defaults are told in the descriptions instead."""
@@ -132,7 +124,6 @@ def keys_named(value: object, name: str) -> Iterator[object]:
             yield from keys_named(item, name)
 
 
-@SHARED
 def test_the_job_id_parameter_is_the_spec_pattern(document: dict[str, Any]) -> None:
     job_id = parameters(document, "/api/v2/jobs/{job_id}")["job_id"]
     assert job_id["in"] == "path" and job_id["required"] is True
@@ -145,7 +136,6 @@ def test_the_job_id_parameter_is_the_spec_pattern(document: dict[str, Any]) -> N
     assert pattern.pattern == SPEC_JOB_ID
 
 
-@SHARED
 def test_the_list_parameters_are_the_endpoints_limits(document: dict[str, Any]) -> None:
     listed = parameters(document, "/api/v2/jobs")
     assert set(listed) == {
@@ -193,7 +183,6 @@ OBSERVED = [
 ]
 
 
-@SHARED
 @pytest.mark.parametrize(("target", "path"), OBSERVED)
 def test_the_statuses_the_server_gives_are_documented(shared: Server, target: str, path: str) -> None:
     server = shared
@@ -207,7 +196,6 @@ def test_the_statuses_the_server_gives_are_documented(shared: Server, target: st
         assert (response.status_code == 200) == in_range, (target, response.status_code)
 
 
-@SHARED
 def test_a_304_is_documented_and_given(shared: Server) -> None:
     server = shared
     etag = server.get("/api/v2/jobs/a").headers["etag"]
@@ -216,7 +204,6 @@ def test_a_304_is_documented_and_given(shared: Server) -> None:
     assert "304" in document["paths"]["/api/v2/jobs/{job_id}"]["get"]["responses"]
 
 
-@SHARED
 def test_without_a_token_no_security_is_declared(document: dict[str, Any]) -> None:
     """A generator would otherwise demand an authenticated client that nothing needs."""
     assert "securitySchemes" not in document["components"]
@@ -262,7 +249,6 @@ def test_with_a_token_the_api_declares_bearer_or_the_access_token_parameter(sess
     assert "security" not in document  # probes, metrics, the document and problem pages stay open
 
 
-@SHARED
 def test_head_of_the_document_has_no_body(shared: Server) -> None:
     server = shared
     response = server.client.head("/openapi.json")
@@ -323,7 +309,6 @@ def test_every_header_the_service_sends_is_declared(sessions_dir: Path, serve: C
                 assert name.lower() in response.headers, (target, name)
 
 
-@SHARED
 def test_every_header_of_a_stream_and_a_long_poll_is_declared(shared: Server) -> None:
     server = shared
     document = server.get("/openapi.json").json()
@@ -339,7 +324,6 @@ def test_every_header_of_a_stream_and_a_long_poll_is_declared(shared: Server) ->
             assert set(response.headers) - TRANSPORT_HEADERS <= declared_headers(document, path, 200), target
 
 
-@SHARED
 def test_head_is_served_for_every_documented_get(shared: Server) -> None:
     server = shared
     document = server.get("/openapi.json").json()

@@ -23,11 +23,6 @@ from tests.support.reliability import process_figures
 
 TOKEN = "s3cr3t-token"
 KEEPALIVE = 2  # SESSIONS_KEEPALIVE_S of the servers that let idle and stalled clients go
-# Each module server's tests run on one xdist worker, so that it starts once; they run one after
-# another there, and each connection a test opens is closed before it ends.
-HOSTILE = pytest.mark.xdist_group("reliability-http-hostile")
-GUARDED = pytest.mark.xdist_group("reliability-http-guarded")
-QUIET = pytest.mark.xdist_group("reliability-http-quiet")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +65,6 @@ def no_server_errors(server: Server) -> None:
     assert not errors, errors
 
 
-@HOSTILE
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_schemathesis_no_5xx_and_every_response_matches_the_schema(hostile: Server) -> None:
@@ -118,7 +112,6 @@ OVERSIZED = {
 }
 
 
-@HOSTILE
 @pytest.mark.parametrize("target", list(OVERSIZED.values()), ids=list(OVERSIZED))
 def test_oversized_and_malformed_targets_get_a_4xx(hostile: Server, target: str) -> None:
     try:
@@ -133,7 +126,6 @@ def test_oversized_and_malformed_targets_get_a_4xx(hostile: Server, target: str)
     assert hostile.get("/livez").status_code == 200
 
 
-@HOSTILE
 @pytest.mark.parametrize(
     "headers",
     [
@@ -208,7 +200,6 @@ def test_silent_clients_cannot_hold_the_server(sessions_dir: Path, serve: Callab
     assert server.get("/livez").status_code == 200
 
 
-@QUIET
 @pytest.mark.timeout(60)
 def test_a_huge_request_head_is_refused_without_buffering_it(quiet: Server) -> None:
     """httptools has no bound on a head: without one, a client sending a header of hundreds of
@@ -239,7 +230,6 @@ def test_a_huge_request_head_is_refused_without_buffering_it(quiet: Server) -> N
     assert server.get("/api/v2/jobs/j").status_code == 200
 
 
-@QUIET
 @pytest.mark.timeout(60)
 def test_a_body_trickled_byte_by_byte_is_cut_off(quiet: Server) -> None:
     """Each byte received cancels uvicorn's keep-alive timer: a request whose body trickles in
@@ -267,7 +257,6 @@ def test_a_body_trickled_byte_by_byte_is_cut_off(quiet: Server) -> None:
     assert server.get("/livez").status_code == 200
 
 
-@QUIET
 @pytest.mark.timeout(60)
 def test_the_head_bound_counts_heads_only(quiet: Server) -> None:
     """Requests pipelined behind a short head, and a body, are not a large head."""
@@ -289,7 +278,6 @@ def test_the_head_bound_counts_heads_only(quiet: Server) -> None:
     assert response.headers["content-type"] == "application/problem+json"
 
 
-@QUIET
 @pytest.mark.timeout(60)
 def test_a_client_that_stops_reading_is_let_go(quiet: Server) -> None:
     """A response the client never reads cannot be sent: after the keep-alive timeout without
@@ -333,7 +321,6 @@ def server_holds(pid: int, server_port: int, client_port: int) -> bool:
     return False
 
 
-@QUIET
 def test_the_server_never_serves_a_file_outside_its_folder(quiet: Server) -> None:
     server = quiet  # its folder links to a secret file outside it
     for path in ["/api/v2/jobs/leak", "/api/v2/jobs/up", "/api/v2/jobs/..%2Fsecret", "/api/v2/jobs/%2E%2E%2Fsecret"]:
@@ -374,7 +361,6 @@ BAD_AUTHORIZATION = {
 }
 
 
-@GUARDED
 @pytest.mark.parametrize("authorization", list(BAD_AUTHORIZATION.values()), ids=list(BAD_AUTHORIZATION))
 @pytest.mark.parametrize("target", ["/api/v2/jobs/j", "/api/v2/jobs", "/api/v2/jobs/%2e%2e", "/api/v2/nothing"])
 def test_bad_tokens_get_a_401_and_nothing_else(guarded: Server, authorization: str | None, target: str) -> None:
@@ -394,7 +380,6 @@ def test_bad_tokens_get_a_401_and_nothing_else(guarded: Server, authorization: s
     assert guarded.get("/livez").status_code == 200
 
 
-@GUARDED
 def test_the_token_opens_the_api_and_probes_stay_open(guarded: Server) -> None:
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert guarded.get("/api/v2/jobs/j", headers=good).status_code == 200
