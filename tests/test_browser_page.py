@@ -17,6 +17,8 @@ from tests.support.browser import RECORD_EVENT_SOURCE, cells, chromium, event_lo
 from tests.support.ops import scrape, wait_for_scrape
 from tests.support.watch import Watch
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 Serve = Callable[..., Server]
 Open = Callable[..., Watch]
 TOKEN = "page-Token_0123456789"

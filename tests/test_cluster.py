@@ -23,6 +23,8 @@ from cluster import Cluster, haproxy
 from tests.support import REPO, free_port, put_session, wait_until
 from tests.support.cluster import CLUSTER_ENV, Load, json_logs, served_by, share
 
+pytestmark = pytest.mark.slow  # several replicas behind a real HAProxy
+
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:

@@ -20,6 +20,8 @@ from cluster import Cluster, Replica, haproxy
 from tests.support import wait_until
 from tests.support.cluster import CLUSTER_ENV
 
+pytestmark = pytest.mark.slow  # several replicas behind a real HAProxy, restarted under load
+
 # A draining replica keeps serving while HAProxy takes it out (1.5 s, test_haproxy_config);
 # streams end every 2-4 s and bookmark every second, so that resumes happen within the test.
 CALLERS_ENV = {

@@ -31,10 +31,6 @@ NOT_RUN = re.compile(r"^\s*<!--\s*not run\b.*-->\s*$")
 ADDRESS = re.compile(r"\b(?:localhost|127\.0\.0\.1):8000\b")
 TIMEOUT_S = 60
 
-# A page's examples build on each other (one generates a client, the next imports it) over one
-# server: in parallel runs they all go to one worker, in the order of the page.
-pytestmark = pytest.mark.xdist_group("docs-examples")
-
 
 @dataclass(frozen=True)
 class Example:

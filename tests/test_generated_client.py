@@ -25,6 +25,8 @@ from app.settings import load_settings
 from tests.support import REPO, Server, put_session, start_server
 from tests.support.ops import wait_for_scrape
 
+pytestmark = pytest.mark.slow  # a client generated from the OpenAPI document, then mypy --strict
+
 CALLS = REPO / "tests" / "generated_client_calls.py"
 PACKAGE = "sessions_api"
 

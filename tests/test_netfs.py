@@ -13,6 +13,8 @@ import pytest
 
 from tests.support import netfs, wait_until
 
+pytestmark = pytest.mark.slow  # a real sshd and sshfs mount
+
 
 def test_server_side_writes_reach_the_mount_within_the_attribute_cache(network_folder: netfs.NetworkFolder) -> None:
     assert netfs._is_mounted(network_folder.mount_path)
