@@ -22,11 +22,17 @@ run: $(STAMP)
 cluster: $(STAMP)
 	$(BIN)/python -m cluster
 
+# The tiers (docs/development.md, "Tests"): the suite in TEST_WORKERS processes (its tests mostly
+# wait on real servers, so more processes than cores), then the tests that bound latency, alone.
+# A file's tests run in one process, in order: a module's shared server starts once, and the
+# docs' examples, which build on each other, run as the page reads.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not serial"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench deploy cluster client tools

@@ -17,7 +17,7 @@ from typing import Any
 from bench import capacity, churn, failover, hashing, netvolume, report, server, throughput, warmup, watch, wrk
 from bench.generate import generate, link_subset
 from cluster import haproxy
-from tests import netfs
+from tests.support import netfs
 
 PARTS = ("get", "list", "warmup", "livez", "fresh", "memory", "hashing", "failover", "capacity", "watch", "netfs")
 
@@ -218,7 +218,7 @@ def run(config: Config, parts: set[str], work: Path) -> tuple[list[report.Figure
         watch_figures, raw["watch"] = watch.run(work, logs, config.watch, log)
         figures += watch_figures
     if "netfs" in parts:
-        log(f"network volume: {config.netfs.sessions:,} sessions over sshfs (tests/netfs.py) vs the local disk")
+        log(f"network volume: {config.netfs.sessions:,} sessions over sshfs (tests/support/netfs.py) vs the local disk")
         raw["netfs"] = netvolume.run(config.netfs, work / "netfs", log)
         figures += netvolume.figures(raw["netfs"])
     log(f"done in {time.perf_counter() - started:.0f} s")

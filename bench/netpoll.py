@@ -24,7 +24,7 @@ import orjson
 
 from bench.generate import job_ids, make_document, render
 from bench.report import percentile
-from tests import netfs
+from tests.support import netfs
 
 TICK = os.sysconf("SC_CLK_TCK")
 # How long after the last change the watch may still bring one: beyond it a change is missed.

@@ -10,7 +10,7 @@ on unfinished sessions, the changes made on the file server's side: `rename` and
 (writers that know nothing of the service, bench/netpoll.py) and `announced` (`SessionWriter`,
 which announces what it wrote).
 
-The network volume is tests/netfs.py's stand-in (a loopback sshd, sshfs with a 3 s attribute
+The network volume is tests/support/netfs.py's stand-in (a loopback sshd, sshfs with a 3 s attribute
 cache). The measuring code is bench/netpoll.py's; this module runs it.
 
     python -m bench.netvolume [--sessions 100000] [--unfinished 0.02] [--changes 100]
@@ -37,7 +37,7 @@ from sessions_client import SessionWriter
 from bench import probe, report, server
 from bench.netpoll import Write, cpu_seconds, freshness, generate, in_place, renaming, volume_pids
 from bench.report import percentile
-from tests import netfs
+from tests.support import netfs
 
 WRITERS = ("rename", "in_place", "announced")
 # Every wait of the run is bounded: a warm-up that takes longer is a failure, not a figure.

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests import netfs
-from tests.support import Server, start_server
-from tests.watch_support import Watch
+from tests.support import Server, netfs, start_server
+from tests.support.watch import Watch
 
 
 @pytest.fixture

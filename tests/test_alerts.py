@@ -17,7 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.monitoring_support import (
+from tests.support import REPO
+from tests.support.monitoring import (
     MONITORING,
     PODMONITOR,
     PROMETHEUSRULE,
@@ -33,7 +34,6 @@ from tests.monitoring_support import (
     rule_file,
     rules,
 )
-from tests.support import REPO
 
 SEVERITIES = {"critical", "warning", "info"}
 DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"

@@ -36,7 +36,11 @@ def fill(sessions_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fill(tmp_path_factory.mktemp("sessions"))
+    """The six sessions, and two files that never were valid sessions (neither is listed)."""
+    folder = fill(tmp_path_factory.mktemp("sessions"))
+    (folder / "broken.json").write_bytes(b"[1, 2]")
+    (folder / "liar.json").write_bytes(encode(session_doc("someone-else")))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +129,7 @@ def test_unknown_job_is_404(server: Server) -> None:
     assert_problem(server.get("/no/such/route"), 404)
 
 
-def test_never_valid_file_is_404_with_reason(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    folder = fill(sessions_dir)
-    (folder / "broken.json").write_bytes(b"[1, 2]")
-    (folder / "liar.json").write_bytes(encode(session_doc("someone-else")))
-    server = serve(folder)
+def test_never_valid_file_is_404_with_reason(server: Server) -> None:
     assert "not a JSON object" in str(assert_problem(server.get("/api/v2/jobs/broken"), 404)["detail"])
     assert "does not match" in str(assert_problem(server.get("/api/v2/jobs/liar"), 404)["detail"])
     listed = [item["job_id"] for item in server.get("/api/v2/jobs").json()]

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.ops_support import JOB_ROUTE, wait_for_scrape
-from tests.support import REPO, Server, free_port, put_session, server_env
+from tests.support import REPO, Server, free_port, put_session, server_env, start_server
+from tests.support.ops import JOB_ROUTE, wait_for_scrape
 
 TOKEN = "s3cret-Token_0123456789"
 API_PATHS = ["/api/v2/jobs/a", "/api/v2/jobs", "/api/v2/jobs/", "/api/v2/jobs?status=running&limit=5"]
@@ -50,18 +50,41 @@ def token_env(tmp_path: Path, variable: str, content: str | None) -> dict[str, s
     return {variable: str(token_file)}
 
 
+# The tests that only read share a server per way of giving the token; each is stopped when the
+# module is done.
+Source = tuple[str, str | None]
+
+
+@pytest.fixture(scope="module")
+def server_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Source], Server]]:
+    """The real server over a folder holding "a", with the token given as `source` says: one
+    server per source, started when a test first asks for it."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    logs = tmp_path_factory.mktemp("logs")
+    servers: dict[Source, Server] = {}
+
+    def get(source: Source) -> Server:
+        if source not in servers:
+            env = token_env(tmp_path_factory.mktemp("token"), *source)
+            servers[source] = start_server(folder, logs, env=env)
+        return servers[source]
+
+    yield get
+    for server in servers.values():
+        server.stop()
+
+
 @pytest.fixture
-def guarded(sessions_dir: Path, serve: Callable[..., Server], tmp_path: Path) -> Server:
-    put_session(sessions_dir, "a")
-    return serve(sessions_dir, env={"SESSIONS_API_TOKEN": TOKEN})
+def guarded(server_for: Callable[[Source], Server]) -> Server:
+    return server_for(("SESSIONS_API_TOKEN", None))
 
 
 @pytest.mark.parametrize(("variable", "content"), SOURCES)
 def test_the_right_token_opens_the_api(
-    sessions_dir: Path, serve: Callable[..., Server], tmp_path: Path, variable: str, content: str | None
+    server_for: Callable[[Source], Server], variable: str, content: str | None
 ) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir, env=token_env(tmp_path, variable, content))
+    server = server_for((variable, content))
     for path in API_PATHS:
         assert server.get(path).status_code == 401, path
         for scheme in ("Bearer", "bearer", "BEARER"):
@@ -106,7 +129,10 @@ def test_the_token_is_checked_before_anything_else_under_api(guarded: Server, pa
     assert guarded.raw("GET", path).status_code == 401
 
 
-def test_refusals_are_counted_under_the_route_template(guarded: Server) -> None:
+def test_refusals_are_counted_under_the_route_template(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+    # A server of its own: the refusals of the other tests would move its counter.
+    put_session(sessions_dir, "a")
+    guarded = serve(sessions_dir, env={"SESSIONS_API_TOKEN": TOKEN})
     for _ in range(3):
         assert guarded.get("/api/v2/jobs/a").status_code == 401
     wait_for_scrape(

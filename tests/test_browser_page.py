@@ -1,5 +1,5 @@
 """The live jobs page at `/` and the SSE streams it lives on, in a real headless Chromium
-(tests/browser_support.py): it lists the folder and follows it over one collection watch,
+(tests/support/browser.py): it lists the folder and follows it over one collection watch,
 filters, follows a document over its job watch, works with a token, and survives what an
 EventSource cannot handle by itself: an expired revision, a 503, a server restart."""
 
@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.browser_support import RECORD_EVENT_SOURCE, cells, chromium, event_log, rows, state, wait_page
-from tests.ops_support import scrape, wait_for_scrape
 from tests.support import Server, put_session
-from tests.watch_support import Watch
+from tests.support.browser import RECORD_EVENT_SOURCE, cells, chromium, event_log, rows, state, wait_page
+from tests.support.ops import scrape, wait_for_scrape
+from tests.support.watch import Watch
+
+pytestmark = pytest.mark.slow  # a real Chromium
 
 Serve = Callable[..., Server]
 Open = Callable[..., Watch]

@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api.jobs import ApiFastPath
 from app.changes import events
 from tests.support import Server, put_session, start_server
-from tests.watch_support import Watch
+from tests.support.watch import Watch
 
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]

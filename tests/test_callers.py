@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.ops_support import run_check
 from tests.support import Server, put_session, start_server
-from tests.watch_support import Watch
+from tests.support.ops import run_check
+from tests.support.watch import Watch
 
 FINISHED = "completed,failed,cancelled,pending_review"
 TRUE = ["true", "TRUE", "1", "yes", "Yes", "on", "ON", "t", "T", "y", "Y"]

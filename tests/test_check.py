@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops_support import run_check
 from tests.support import REPO, encode, put_session, session_doc
+from tests.support.ops import run_check
 
 
 def test_a_good_folder_exits_0(sessions_dir: Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sessions_client import AsyncMirror, AsyncSessionsClient, EventType, JobEvent, Mirror, SessionsClient
 
-from tests.client_support import FAST_BACKOFF, Consumer, Forwarder, Recorder, as_items, eventually, listed
-from tests.ops_support import JOB_ROUTE, scrape
-from tests.support import Server, put_session, wait_until
+from tests.support import Server, eventually, listed, put_session, wait_until
+from tests.support.client import FAST_BACKOFF, Consumer, Forwarder, Recorder, as_items
+from tests.support.ops import JOB_ROUTE, scrape
 
 Serve = Callable[..., Server]
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}

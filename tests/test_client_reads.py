@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from sessions_client import (
@@ -24,9 +25,9 @@ from sessions_client import (
 )
 from sessions_client.polling import assemble
 
-from tests.client_support import FAST_BACKOFF, Forwarder, listed
-from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
-from tests.support import Server, put_session, wait_until, write_in_place
+from tests.support import Server, listed, put_session, start_server, wait_until, write_in_place
+from tests.support.client import FAST_BACKOFF, Forwarder
+from tests.support.ops import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
 
 Serve = Callable[..., Server]
 WAIT_ROUTE = JOB_ROUTE + "?wait"
@@ -62,6 +63,23 @@ class Later:
         assert not self._thread.is_alive()
         if self.failure is not None:
             raise self.failure
+
+
+class Shared(NamedTuple):
+    server: Server
+    folder: Path
+
+
+# The tests that read only sessions of their own and count nothing on the server share one
+# server; the others count requests or waiting polls, or list the whole folder.
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    folder = tmp_path_factory.mktemp("sessions")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"))
+    yield Shared(server, folder)
+    server.stop()
 
 
 @pytest.fixture
@@ -117,10 +135,12 @@ def test_a_client_without_a_cache_asks_for_the_body_each_time(
     assert requests(server, JOB_ROUTE, "200") == 2 and requests(server, JOB_ROUTE, "304") == 0
 
 
-def test_problems_are_typed(sessions_dir: Path, serve: Serve, client_for: Callable[..., SessionsClient]) -> None:
+def test_problems_are_typed(shared: Shared, client_for: Callable[..., SessionsClient]) -> None:
+    server, sessions_dir = shared
     write_in_place(sessions_dir / "never.json", b"{not json")
     put_session(sessions_dir, "j")
-    server = serve(sessions_dir)
+    wait_until(lambda: server.get("/api/v2/jobs/j").status_code == 200, what="j served")
+    wait_until(lambda: "invalid" in server.get("/api/v2/jobs/never").json()["type"], what="never seen invalid")
     client = client_for(server)
     with pytest.raises(NotFound) as missing:
         client.get("nope")
@@ -279,14 +299,13 @@ def test_wait_takes_a_predicate(sessions_dir: Path, serve: Serve, client_for: Ca
     assert session.document["step"] == 1
 
 
-def test_wait_times_out_with_the_last_version(
-    sessions_dir: Path, serve: Serve, client_for: Callable[..., SessionsClient]
-) -> None:
-    put_session(sessions_dir, "j", status="running")
-    server = serve(sessions_dir)
+def test_wait_times_out_with_the_last_version(shared: Shared, client_for: Callable[..., SessionsClient]) -> None:
+    server, sessions_dir = shared
+    put_session(sessions_dir, "still", status="running")
+    wait_until(lambda: server.get("/api/v2/jobs/still").status_code == 200, what="still served")
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as late:
-        client_for(server).wait("j", "completed", timeout=1.5)
+        client_for(server).wait("still", "completed", timeout=1.5)
     elapsed = time.monotonic() - started
     assert 1.4 <= elapsed < 10
     assert late.value.session is not None and late.value.session.status == "running"

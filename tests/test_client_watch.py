@@ -30,10 +30,10 @@ from sessions_client import (
     WatchEvent,
 )
 
-from tests.client_support import FAST_BACKOFF, Consumer, Recorder, as_items, eventually, listed
-from tests.ops_support import scrape, wait_for_scrape
-from tests.support import Server, put_session, wait_until, write_in_place
-from tests.watch_support import open_raw_stream, read_head
+from tests.support import Server, eventually, listed, put_session, wait_until, write_in_place
+from tests.support.client import FAST_BACKOFF, Consumer, Recorder, as_items
+from tests.support.ops import scrape, wait_for_scrape
+from tests.support.watch import open_raw_stream, read_head
 
 Serve = Callable[..., Server]
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}

@@ -20,8 +20,10 @@ import pytest
 
 from bench.generate import generate
 from cluster import Cluster, haproxy
-from tests.cluster_support import CLUSTER_ENV, Load, json_logs, served_by, share
 from tests.support import REPO, free_port, put_session, wait_until
+from tests.support.cluster import CLUSTER_ENV, Load, json_logs, served_by, share
+
+pytestmark = pytest.mark.slow  # several replicas behind a real HAProxy
 
 
 @pytest.fixture

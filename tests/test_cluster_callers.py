@@ -17,8 +17,10 @@ from bench import probe
 from bench.callers import Readers, Record, Truth, Watchers, Writer, agreed_truth, split_ids
 from bench.generate import generate
 from cluster import Cluster, Replica, haproxy
-from tests.cluster_support import CLUSTER_ENV
 from tests.support import wait_until
+from tests.support.cluster import CLUSTER_ENV
+
+pytestmark = pytest.mark.slow  # several replicas behind a real HAProxy, restarted under load
 
 # A draining replica keeps serving while HAProxy takes it out (1.5 s, test_haproxy_config);
 # streams end every 2-4 s and bookmark every second, so that resumes happen within the test.

@@ -9,7 +9,7 @@ from typing import Any
 
 import promql_parser
 
-from tests.monitoring_support import as_promql, check_latency_selectors, dashboard, dashboard_queries, panels, selectors
+from tests.support.monitoring import as_promql, check_latency_selectors, dashboard, dashboard_queries, panels, selectors
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 GRID_COLUMNS = 24

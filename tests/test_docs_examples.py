@@ -124,7 +124,7 @@ def test_the_example_runs_against_a_real_server(example: Example, server: tuple[
 
 def test_every_metric_the_server_exposes_is_in_the_operations_table(server: tuple[Server, Path]) -> None:
     # Not an example, but the same drift on the same server: a metric added without its row.
-    from tests.ops_support import scrape
+    from tests.support.ops import scrape
 
     running, _ = server
     families = scrape(running).families

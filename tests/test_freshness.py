@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from tests.support import (
     listed,
     put_session,
     session_doc,
+    start_server,
     wait_until,
     write_atomic,
     write_in_chunks,
@@ -35,6 +37,33 @@ MODES = {
 @pytest.fixture(params=list(MODES))
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+class Shared(NamedTuple):
+    server: Server
+    folder: Path
+
+
+# The tests that watch only a session of their own share one server per watch mode; those that
+# look at the whole folder (listings, order, counts) keep a server of their own.
+
+
+@pytest.fixture(scope="module")
+def server_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Shared]]:
+    """The real server in a watch mode, over a folder of its own: one per mode, started when a
+    test first asks for it."""
+    servers: dict[str, Shared] = {}
+    logs = tmp_path_factory.mktemp("logs")
+
+    def get(mode: str) -> Shared:
+        if mode not in servers:
+            folder = tmp_path_factory.mktemp(f"sessions-{mode}")
+            servers[mode] = Shared(start_server(folder, logs, env=MODES[mode][0]), folder)
+        return servers[mode]
+
+    yield get
+    for shared in servers.values():
+        shared.server.stop()
 
 
 def body_of(server: Server, job_id: str) -> bytes | None:
@@ -68,31 +97,28 @@ def test_every_kind_of_write_shows(sessions_dir: Path, serve: Callable[..., Serv
     path.unlink()
     wait_until(lambda: server.get("/api/v2/jobs/job-1").status_code == 404, guard, what="a delete")
     assert "job-1" not in listed(server)
-    assert listed(server) == ["seed"]
+    assert list(listed(server)) == ["seed"]
 
 
-def test_same_size_rewrites_in_quick_succession_are_seen(
-    sessions_dir: Path, serve: Callable[..., Server], mode: str
-) -> None:
+def test_same_size_rewrites_in_quick_succession_are_seen(server_in: Callable[[str], Shared], mode: str) -> None:
     # Same length, same second (often the same timestamp tick): size and whole-second mtimes
     # cannot tell these versions apart.
-    env, guard = MODES[mode]
-    server = serve(sessions_dir, env=env)
-    path = sessions_dir / "j.json"
+    _, guard = MODES[mode]
+    server, sessions_dir = server_in(mode)
+    path = sessions_dir / "same.json"
     for status in ["aaaa", "bbbb", "cccc"]:
-        write_in_place(path, encode(session_doc("j", status=status)))
-    final = encode(session_doc("j", status="dddd"))
+        write_in_place(path, encode(session_doc("same", status=status)))
+    final = encode(session_doc("same", status="dddd"))
     write_in_place(path, final)
-    wait_until(lambda: body_of(server, "j") == final, guard, what="the last same-size rewrite")
+    wait_until(lambda: body_of(server, "same") == final, guard, what="the last same-size rewrite")
 
 
-def test_invalid_file_keeps_last_valid_version_marked_stale(
-    sessions_dir: Path, serve: Callable[..., Server], mode: str
-) -> None:
-    env, guard = MODES[mode]
+def test_invalid_file_keeps_last_valid_version_marked_stale(server_in: Callable[[str], Shared], mode: str) -> None:
+    _, guard = MODES[mode]
+    server, sessions_dir = server_in(mode)
     good = encode(session_doc("j", status="running"))
-    (sessions_dir / "j.json").write_bytes(good)
-    server = serve(sessions_dir, env=env)
+    write_atomic(sessions_dir / "j.json", good)  # whole: the server never sees it torn before it was valid
+    wait_until(lambda: body_of(server, "j") == good, guard, what="the valid version")
     fresh = server.get("/api/v2/jobs/j")
     assert "x-session-stale" not in fresh.headers
 
@@ -124,9 +150,9 @@ def test_order_follows_changes(sessions_dir: Path, serve: Callable[..., Server],
     put_session(sessions_dir, "old", updated_at="2024-01-01T00:00:00Z")
     put_session(sessions_dir, "new", updated_at="2024-02-01T00:00:00Z")
     server = serve(sessions_dir, env=env)
-    assert listed(server) == ["new", "old"]
+    assert list(listed(server)) == ["new", "old"]
     put_session(sessions_dir, "old", updated_at="2024-03-01T00:00:00Z", status="running")
-    wait_until(lambda: listed(server) == ["old", "new"], guard, what="the new order")
+    wait_until(lambda: list(listed(server)) == ["old", "new"], guard, what="the new order")
 
 
 def test_names_that_are_not_sessions_are_ignored(sessions_dir: Path, serve: Callable[..., Server]) -> None:
@@ -137,7 +163,7 @@ def test_names_that_are_not_sessions_are_ignored(sessions_dir: Path, serve: Call
     (sessions_dir / "sub.json").mkdir()
     (sessions_dir / "sub.json" / "y.json").write_bytes(encode(session_doc("y")))
     put_session(sessions_dir, "marker")  # once this shows, the events above were processed too
-    wait_until(lambda: listed(server) == ["marker"], 5.0)
+    wait_until(lambda: list(listed(server)) == ["marker"], 5.0)
     assert server.get("/api/v2/jobs/x").status_code == 404
     assert server.get("/api/v2/jobs/sub").status_code == 404
     assert server.get("/readyz").json()["sessions"] == 1
@@ -150,7 +176,7 @@ def test_files_without_timestamps_sort_by_modification_time(sessions_dir: Path, 
     os.utime(sessions_dir / "first.json", (now - 100, now - 100))
     os.utime(sessions_dir / "second.json", (now - 50, now - 50))
     server = serve(sessions_dir)
-    assert listed(server) == ["second", "first"]
+    assert list(listed(server)) == ["second", "first"]
     items = server.get("/api/v2/jobs").json()
     assert items[0]["updated_at"] == "not a time"
     assert items[1]["updated_at"] is None
@@ -173,6 +199,7 @@ PROMISES = {
 }
 
 
+@pytest.mark.serial  # a median of latencies: measured alone, not beside other tests
 @pytest.mark.parametrize("watch", list(PROMISES))
 def test_the_freshness_promise_holds_at_the_median(
     sessions_dir: Path, serve: Callable[..., Server], watch: str

@@ -22,8 +22,10 @@ import pytest
 from app.api.application import create_app
 from app.api.openapi import build_openapi
 from app.settings import load_settings
-from tests.ops_support import wait_for_scrape
 from tests.support import REPO, Server, put_session, start_server
+from tests.support.ops import wait_for_scrape
+
+pytestmark = pytest.mark.slow  # a client generated from the OpenAPI document, then mypy --strict
 
 CALLS = REPO / "tests" / "generated_client_calls.py"
 PACKAGE = "sessions_api"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,35 @@ import httpx
 import orjson
 import pytest
 
-from tests.ops_support import JOB_ROUTE, LIST_ROUTE, scrape, wait_for, wait_for_scrape
-from tests.reliability_support import logged, logs_settled
 from tests.support import (
     REPO,
     Server,
     free_port,
     put_session,
     server_env,
+    start_server,
     wait_until,
     write_atomic,
     write_in_place,
 )
+from tests.support.ops import JOB_ROUTE, LIST_ROUTE, scrape, wait_for_scrape
+from tests.support.reliability import logged, logs_settled
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 GENERATED_ID = re.compile(r"[0-9a-f]{16}")
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that write no files: each finds its own lines in the log by a
+    request id no other test sends."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    (folder / "bad.json").write_bytes(b"not json")  # a warning at warm-up
+    server = start_server(folder, tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
 
 
 def access_lines(server: Server) -> list[dict[str, Any]]:
@@ -43,15 +56,11 @@ def access_line_for(server: Server, request_id: str) -> dict[str, Any]:
     def find() -> dict[str, Any] | None:
         return next((e for e in access_lines(server) if e.get("request_id") == request_id), None)
 
-    return wait_for(find, 10, f"the access line of request {request_id}")
+    return wait_until(find, 10, what=f"the access line of request {request_id}")
 
 
-def test_every_stdout_line_is_a_json_object_with_the_common_fields(
-    sessions_dir: Path, serve: Callable[..., Server]
-) -> None:
-    put_session(sessions_dir, "a")
-    (sessions_dir / "bad.json").write_bytes(b"not json")  # a warning at warm-up
-    server = serve(sessions_dir)
+def test_every_stdout_line_is_a_json_object_with_the_common_fields(shared: Server) -> None:
+    server = shared
     paths = ("/api/v2/jobs/a", "/api/v2/jobs/nope", "/api/v2/jobs/..%2F", "/api/v2/jobs", "/metrics", "/nope")
     for n, path in enumerate(paths):
         server.raw("GET", path, headers={"X-Request-ID": f"common-{n}"})
@@ -87,21 +96,19 @@ ACCESS = [
 
 
 @pytest.mark.parametrize(("path", "route", "status"), ACCESS)
-def test_an_access_line_per_request(
-    sessions_dir: Path, serve: Callable[..., Server], path: str, route: str, status: int
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
-    response = server.raw("GET", path, headers={"X-Request-ID": "req-0001"})
+def test_an_access_line_per_request(shared: Server, path: str, route: str, status: int) -> None:
+    server = shared
+    request_id = f"req-{ACCESS.index((path, route, status)):04d}"  # this case's own
+    response = server.raw("GET", path, headers={"X-Request-ID": request_id})
     assert response.status_code == status
-    entry = access_line_for(server, "req-0001")
+    entry = access_line_for(server, request_id)
     assert entry["level"] == "info"
     assert entry["method"] == "GET"
     assert entry["route"] == route
     assert entry["status"] == status
     assert isinstance(entry["duration_ms"], int | float) and 0 <= entry["duration_ms"] < 10_000
     assert entry["path"] == path.partition("?")[0]
-    assert [e for e in access_lines(server) if e.get("request_id") == "req-0001"] == [entry]  # exactly one
+    assert [e for e in access_lines(server) if e.get("request_id") == request_id] == [entry]  # exactly one
 
 
 # (sent X-Request-ID, echoed: "same" or "generated")
@@ -120,11 +127,8 @@ REQUEST_IDS = [
 
 
 @pytest.mark.parametrize(("sent", "echoed"), REQUEST_IDS)
-def test_the_request_id_is_echoed_and_logged(
-    sessions_dir: Path, serve: Callable[..., Server], sent: str, echoed: str
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_the_request_id_is_echoed_and_logged(shared: Server, sent: str, echoed: str) -> None:
+    server = shared
     response = server.raw("GET", "/api/v2/jobs/a", headers={"X-Request-ID": sent})
     assert response.status_code == 200
     request_id = response.headers["x-request-id"]
@@ -138,10 +142,8 @@ def test_the_request_id_is_echoed_and_logged(
         assert sent not in server.log_path.read_text(errors="replace")  # a rejected id is not logged either
 
 
-def test_a_request_id_is_generated_when_absent_and_differs_per_request(
-    sessions_dir: Path, serve: Callable[..., Server]
-) -> None:
-    server = serve(sessions_dir)
+def test_a_request_id_is_generated_when_absent_and_differs_per_request(shared: Server) -> None:
+    server = shared
     ids = [server.get("/livez").headers["x-request-id"] for _ in range(20)]
     assert all(GENERATED_ID.fullmatch(request_id) for request_id in ids), ids
     assert len(set(ids)) == len(ids)
@@ -149,13 +151,17 @@ def test_a_request_id_is_generated_when_absent_and_differs_per_request(
         assert access_line_for(server, request_id)["route"] == "/livez"
 
 
-@pytest.mark.parametrize("path", ["/api/v2/jobs/nope", "/api/v2/jobs/..%2F..%2Fx", "/api/v2/jobs?limit=abc", "/nope"])
-def test_error_responses_carry_the_request_id_too(sessions_dir: Path, serve: Callable[..., Server], path: str) -> None:
-    server = serve(sessions_dir)
-    response = server.raw("GET", path, headers={"X-Request-ID": "err-42"})
+ERRORS = ["/api/v2/jobs/nope", "/api/v2/jobs/..%2F..%2Fx", "/api/v2/jobs?limit=abc", "/nope"]
+
+
+@pytest.mark.parametrize("path", ERRORS)
+def test_error_responses_carry_the_request_id_too(shared: Server, path: str) -> None:
+    server = shared
+    request_id = f"err-{ERRORS.index(path)}"  # this case's own
+    response = server.raw("GET", path, headers={"X-Request-ID": request_id})
     assert 400 <= response.status_code < 500
-    assert response.headers["x-request-id"] == "err-42"
-    assert access_line_for(server, "err-42")["status"] == response.status_code
+    assert response.headers["x-request-id"] == request_id
+    assert access_line_for(server, request_id)["status"] == response.status_code
 
 
 def test_text_format_gives_readable_lines(sessions_dir: Path, serve: Callable[..., Server]) -> None:
@@ -167,7 +173,7 @@ def test_text_format_gives_readable_lines(sessions_dir: Path, serve: Callable[..
     def access() -> str | None:
         return next((line for line in server.logs() if "request_id=text-1" in line), None)
 
-    line = wait_for(access, 10, "the text access line")
+    line = wait_until(access, 10, what="the text access line")
     assert "app.access" in line and "GET /api/v2/jobs/{job_id} 200" in line
     assert "duration_ms=" in line and "status=200" in line
     lines = server.logs()
@@ -258,6 +264,7 @@ def copy_stdout(server: Server) -> threading.Thread:
     return thread
 
 
+@pytest.mark.serial  # bounds every request's latency: measured alone, not beside other tests
 @pytest.mark.timeout(180)
 def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_then_logged_once(
     sessions_dir: Path, tmp_path: Path
@@ -288,8 +295,8 @@ def test_a_stdout_nobody_reads_stalls_nothing_and_the_dropped_lines_are_counted_
         assert server.get("/readyz").status_code == 200
 
         copier = copy_stdout(server)  # the log shipper is back
-        report = wait_for(
-            lambda: logged(server, "log lines dropped"), 20, "the line saying how many lines were dropped"
+        report = wait_until(
+            lambda: logged(server, "log lines dropped"), 20, what="the line saying how many lines were dropped"
         )
         final = wait_for_scrape(
             server, lambda s: s.value("sessions_log_lines_dropped_total") > 0, what="the dropped lines counted"

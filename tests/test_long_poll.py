@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Server, put_session, wait_until
+from tests.support import Server, put_session, start_server, wait_until
 
 Serve = Callable[..., Server]
+# The tests whose long polls nothing answers but the clock share one server over one unchanging
+# session; those that write, or count waiting polls, keep a server of their own.
+
+
+@pytest.fixture(scope="module")
+def unchanging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server over one session, "j", that no test changes."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "j")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
 
 
 class Poll:
@@ -78,9 +90,8 @@ def test_a_deletion_answers_404(sessions_dir: Path, serve: Serve) -> None:
     assert response.headers["preference-applied"] == "wait=60"
 
 
-def test_no_change_is_a_304_after_the_wait(sessions_dir: Path, serve: Serve) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir)
+def test_no_change_is_a_304_after_the_wait(unchanging: Server) -> None:
+    server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]
     started = time.monotonic()
     response = server.get("/api/v2/jobs/j", headers={"If-None-Match": etag, "Prefer": "wait=1"})
@@ -103,9 +114,8 @@ def test_the_wait_is_capped(sessions_dir: Path, serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("prefer", ["wait=60", "respond-async, wait=60", 'wait="60"', "wait=60; foo=bar"])
-def test_a_stale_etag_answers_at_once_as_without_prefer(sessions_dir: Path, serve: Serve, prefer: str) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir)
+def test_a_stale_etag_answers_at_once_as_without_prefer(unchanging: Server, prefer: str) -> None:
+    server = unchanging
     started = time.monotonic()
     response = server.get("/api/v2/jobs/j", headers={"If-None-Match": '"not-the-etag"', "Prefer": prefer})
     assert response.status_code == 200
@@ -113,18 +123,16 @@ def test_a_stale_etag_answers_at_once_as_without_prefer(sessions_dir: Path, serv
     assert time.monotonic() - started < 10
 
 
-def test_other_preferences_are_ignored(sessions_dir: Path, serve: Serve) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir)
+def test_other_preferences_are_ignored(unchanging: Server) -> None:
+    server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]
     response = server.get("/api/v2/jobs/j", headers={"If-None-Match": etag, "Prefer": "return=minimal"})
     assert response.status_code == 304 and "preference-applied" not in response.headers
 
 
 @pytest.mark.parametrize("prefer", ["wait", "wait=", "wait=abc", "wait=-1", "wait=1.5", "wait=١"])
-def test_a_malformed_wait_is_a_400(sessions_dir: Path, serve: Serve, prefer: str) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir)
+def test_a_malformed_wait_is_a_400(unchanging: Server, prefer: str) -> None:
+    server = unchanging
     etag = server.get("/api/v2/jobs/j").headers["etag"]
     # http.client sends the header's bytes as they are (latin-1): the Arabic-Indic digit is UTF-8.
     headers = {"If-None-Match": etag, "Prefer": prefer.encode().decode("latin-1")}

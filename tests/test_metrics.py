@@ -4,7 +4,7 @@ as requests, cache misses, evictions and file changes happen (docs/contract.md#p
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +12,8 @@ import pytest
 
 from app.api.routes import LABELS
 from app.ops.metrics import Buckets, cumulative
-from tests.ops_support import (
+from tests.support import Server, put_session, start_server, write_atomic, write_in_place
+from tests.support.ops import (
     JOB_ROUTE,
     LABEL_NAME,
     LIST_ROUTE,
@@ -23,7 +24,6 @@ from tests.ops_support import (
     scrape,
     wait_for_scrape,
 )
-from tests.support import Server, put_session, write_atomic, write_in_place
 
 POLL = {"SESSIONS_WATCH": "poll", "SESSIONS_POLL_INTERVAL_MS": "50"}
 
@@ -57,16 +57,26 @@ def job_requests(scraped: Scrape, status: str = "200", method: str = "GET") -> f
     return scraped.value("sessions_http_requests_total", route=JOB_ROUTE, method=method, status=status)
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that write no files: each measures counters as they move from a
+    scrape it takes itself, never as totals since the start."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    put_session(folder, "known-1")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
+
+
 # --- the exposition --------------------------------------------------------------------------------
 
 
-def test_the_exposition_parses_and_follows_the_naming_conventions(
-    sessions_dir: Path, serve: Callable[..., Server]
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_the_exposition_parses_and_follows_the_naming_conventions(shared: Server) -> None:
+    server = shared
+    before = job_requests(scrape(server))
     assert server.get("/api/v2/jobs/a").status_code == 200
-    scraped = wait_for_scrape(server, lambda s: job_requests(s) == 1, what="the request to be counted")
+    scraped = wait_for_scrape(server, lambda s: job_requests(s) == before + 1, what="the request to be counted")
     assert server.get("/metrics").headers["cache-control"] == "no-store"
     for family in scraped.families.values():
         assert METRIC_NAME.fullmatch(family.name), family.name
@@ -86,11 +96,8 @@ def test_the_exposition_parses_and_follows_the_naming_conventions(
 
 
 @pytest.mark.parametrize(("family", "kind"), FAMILIES)
-def test_every_figure_the_spec_names_is_exposed(
-    sessions_dir: Path, serve: Callable[..., Server], family: str, kind: str
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_every_figure_the_spec_names_is_exposed(shared: Server, family: str, kind: str) -> None:
+    server = shared
     server.get("/api/v2/jobs/a")
     scraped = wait_for_scrape(server, lambda s: family in s.families, what=family)
     assert scraped.families[family].type == kind
@@ -116,9 +123,8 @@ REQUESTS = [
 ]
 
 
-def test_requests_are_counted_by_route_template_and_status(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "known-1")
-    server = serve(sessions_dir)
+def test_requests_are_counted_by_route_template_and_status(shared: Server) -> None:
+    server = shared
     before = scrape(server)
     expected: dict[tuple[str, str], int] = {}
     for path, route, status in REQUESTS:
@@ -140,12 +146,12 @@ def test_requests_are_counted_by_route_template_and_status(sessions_dir: Path, s
         assert raw not in scraped.text, f"the raw path piece {raw!r} leaked into the exposition"
 
 
-def test_head_requests_are_counted_under_their_method(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_head_requests_are_counted_under_their_method(shared: Server) -> None:
+    server = shared
+    before = job_requests(scrape(server), method="HEAD")
     for _ in range(2):
         assert server.client.head("/api/v2/jobs/a").status_code == 200
-    wait_for_scrape(server, lambda s: job_requests(s, method="HEAD") == 2, what="HEAD requests")
+    wait_for_scrape(server, lambda s: job_requests(s, method="HEAD") == before + 2, what="HEAD requests")
 
 
 def test_the_latency_histogram_counts_every_request_in_a_bucket(
@@ -171,8 +177,8 @@ def test_the_latency_histogram_counts_every_request_in_a_bucket(
     assert under_100ms >= count * 0.8, histogram_buckets(scraped, name, **labels)
 
 
-def test_a_scrape_is_itself_counted_by_the_next_one(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir)
+def test_a_scrape_is_itself_counted_by_the_next_one(shared: Server) -> None:
+    server = shared
     first = scrape(server).value("sessions_http_requests_total", route="/metrics", method="GET", status="200")
     wait_for_scrape(
         server,
@@ -242,7 +248,7 @@ def test_concurrent_misses_for_one_id_load_it_once(sessions_dir: Path, serve: Ca
 # --- the folder --------------------------------------------------------------------------------------
 
 
-def listed(server: Server) -> int:
+def total_listed(server: Server) -> int:
     response = server.get("/api/v2/jobs", params={"limit": 1})
     assert response.status_code == 200
     return int(response.headers["x-total-count"])
@@ -274,7 +280,7 @@ def test_sessions_indexed_and_invalid_files_follow_file_changes(
     for what, change, indexed, invalid in steps:
         change()
         wait_for_scrape(server, figures(indexed, invalid), what=f"{what}: indexed {indexed}, invalid {invalid}")
-        assert listed(server) == indexed, what  # the gauge agrees with the list
+        assert total_listed(server) == indexed, what  # the gauge agrees with the list
 
 
 def test_warm_up_duration_is_set(sessions_dir: Path, serve: Callable[..., Server]) -> None:
@@ -348,8 +354,8 @@ def test_poll_mode_polls_and_changes_move(sessions_dir: Path, serve: Callable[..
 # --- the event loop ------------------------------------------------------------------------------------
 
 
-def test_event_loop_lag_histogram_is_measured(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir)
+def test_event_loop_lag_histogram_is_measured(shared: Server) -> None:
+    server = shared
     first = scrape(server).value("sessions_event_loop_lag_seconds_count")
     scraped = wait_for_scrape(
         server,

@@ -6,13 +6,15 @@ exist for the alerts: the watch mode, and the process metrics behind the restart
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from app.store.watchmode import events_trusted, filesystem_type
-from tests.monitoring_support import (
+from tests.support import Server, put_session, start_server, wait_until
+from tests.support.monitoring import (
     as_promql,
     dashboard_queries,
     exposed_names,
@@ -20,8 +22,25 @@ from tests.monitoring_support import (
     recorded_names,
     rules,
 )
-from tests.ops_support import parse
-from tests.support import Server, put_session, wait_until
+from tests.support.ops import parse
+
+
+@dataclass(frozen=True)
+class Started:
+    server: Server
+    folder: Path
+    before: float  # the wall clock just before the process was started
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    """One server in the default watch mode (auto, set explicitly) for the tests that only read."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "job-1")
+    before = time.time()
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env={"SESSIONS_WATCH": "auto"})
+    yield Started(server, folder, before)
+    server.stop()
 
 
 def used_metrics() -> dict[str, set[str]]:
@@ -58,11 +77,8 @@ def test_the_exposition_reader_counts_families_without_samples() -> None:
     assert exposed_names(text) == {"x_total", "h_bucket", "h_count", "h_sum", "g"}
 
 
-def test_every_metric_the_alerts_and_dashboard_read_is_exported(
-    sessions_dir: Path, serve: Callable[..., Server]
-) -> None:
-    put_session(sessions_dir, "job-1")
-    server = serve(sessions_dir)
+def test_every_metric_the_alerts_and_dashboard_read_is_exported(auto: Started) -> None:
+    server = auto.server
     assert server.get("/api/v2/jobs/job-1").status_code == 200
     exposed = exposed_names(metrics_text(server))
     used = used_metrics()
@@ -76,16 +92,25 @@ def test_every_metric_the_alerts_and_dashboard_read_is_exported(
 @pytest.mark.parametrize(
     ("setting", "mode", "reason"),
     [
-        ("auto", "native", "local filesystem"),
+        ("auto", "native", "local filesystem"),  # the shared server's mode
         ("native", "native", "set by SESSIONS_WATCH"),
         ("poll", "poll", "set by SESSIONS_WATCH"),
         ("off", "off", "set by SESSIONS_WATCH"),
     ],
 )
 def test_the_watch_mode_is_exported(
-    setting: str, mode: str, reason: str, sessions_dir: Path, serve: Callable[..., Server]
+    setting: str,
+    mode: str,
+    reason: str,
+    sessions_dir: Path,
+    serve: Callable[..., Server],
+    request: pytest.FixtureRequest,
 ) -> None:
-    server = serve(sessions_dir, env={"SESSIONS_WATCH": setting})
+    if setting == "auto":
+        shared: Started = request.getfixturevalue("auto")
+        server, sessions_dir = shared.server, shared.folder
+    else:
+        server = serve(sessions_dir, env={"SESSIONS_WATCH": setting})
     scraped = parse(metrics_text(server))
     filesystem = filesystem_type(sessions_dir.resolve())
     assert filesystem is not None and events_trusted(filesystem)  # a test's temp folder is local
@@ -98,9 +123,8 @@ def test_the_watch_mode_is_exported(
         assert scraped.value("sessions_watcher_up") == 0
 
 
-def test_process_metrics_describe_the_server_process(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    before = time.time()
-    server = serve(sessions_dir)
+def test_process_metrics_describe_the_server_process(auto: Started) -> None:
+    before, server = auto.before, auto.server
     scraped = parse(metrics_text(server))
     started = scraped.value("process_start_time_seconds")
     # /proc gives the start in clock ticks (1/100 s) since boot: allow for that rounding.

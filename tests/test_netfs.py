@@ -1,4 +1,4 @@
-"""The network-filesystem stand-in itself (tests/netfs.py): other tests rely on it modelling a
+"""The network-filesystem stand-in itself (tests/support/netfs.py): other tests rely on it modelling a
 network volume, so what it models is checked here: writes on the server's side reach the mount
 only through the protocol with the attribute cache's delay, the server can go away and come
 back, and teardown leaves nothing mounted or running."""
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import netfs
-from tests.support import wait_until
+from tests.support import netfs, wait_until
+
+pytestmark = pytest.mark.slow  # a real sshd and sshfs mount
 
 
 def test_server_side_writes_reach_the_mount_within_the_attribute_cache(network_folder: netfs.NetworkFolder) -> None:

@@ -1,5 +1,5 @@
 """The service on a real network filesystem (sshfs over a loopback sshd the tests start,
-attribute cache 3 s: tests/netfs.py), as docs/network-volumes.md describes it: `auto` polls
+attribute cache 3 s: tests/support/netfs.py), as docs/network-volumes.md describes it: `auto` polls
 there and says so, writers that know nothing of the service are seen, and the file server going
 away stops neither GETs from memory nor /livez, is reported truthfully, and is caught up on."""
 
@@ -13,10 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import netfs
-from tests.ops_support import parse, run_check
-from tests.reliability_support import logged, logs_settled, metric
-from tests.support import Server, encode, listed, put_session, session_doc, wait_until, write_atomic, write_in_place
+from tests.support import (
+    Server,
+    encode,
+    listed,
+    netfs,
+    put_session,
+    session_doc,
+    wait_until,
+    write_atomic,
+    write_in_place,
+)
+from tests.support.ops import parse, run_check
+from tests.support.reliability import logged, logs_settled, metric
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +52,7 @@ def test_auto_polls_on_sshfs_and_says_so(network_folder: netfs.NetworkFolder, se
     result = run_check(network_folder.mount_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "watch: poll (SESSIONS_WATCH=auto: the folder is on fuse.sshfs" in result.stderr
-    assert listed(server) == ["a"]
+    assert list(listed(server)) == ["a"]
 
 
 def test_writers_that_know_nothing_of_the_service_are_seen(

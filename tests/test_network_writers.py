@@ -1,4 +1,4 @@
-"""Writers that announce, on a real network filesystem (sshfs over a loopback sshd: tests/netfs.py,
+"""Writers that announce, on a real network filesystem (sshfs over a loopback sshd: tests/support/netfs.py,
 attribute cache 3 s), with the real server polling it as `auto` chooses there: `SessionWriter`'s
 announcements reach the service long before any poll would, and faults of the journals (rotation
 while read, truncation, a writer that died mid-line, a deleted journal or folder, garbage) cost
@@ -14,9 +14,8 @@ import pytest
 from sessions_client import SessionWriter
 from sessions_client import writer as writer_module
 
-from tests import netfs
-from tests.reliability_support import metric
-from tests.support import Server, listed, put_session, session_doc, wait_until
+from tests.support import Server, listed, netfs, put_session, session_doc, wait_until
+from tests.support.reliability import metric
 
 pytestmark = pytest.mark.slow
 

@@ -23,16 +23,25 @@ from app.api.problems import PROBLEMS
 from app.api.problemtypes import PROBLEM_TYPES
 from app.api.routes import PAGE_PATHS, route_template
 from app.settings import load_settings
-from tests.support import REPO, Server, put_session
+from tests.support import REPO, Server, put_session, start_server
 
 SPEC_JOB_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # docs/contract.md#files
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server, without a token, for the tests that only read; long polls are capped at one
+    second (the document does not depend on settings)."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "a")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env={"SESSIONS_MAX_WAIT_S": "1"})
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def document(sessions_dir: Path, serve: Callable[..., Server]) -> dict[str, Any]:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
-    response = server.get("/openapi.json")
+def document(shared: Server) -> dict[str, Any]:
+    response = shared.get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
@@ -175,11 +184,8 @@ OBSERVED = [
 
 
 @pytest.mark.parametrize(("target", "path"), OBSERVED)
-def test_the_statuses_the_server_gives_are_documented(
-    sessions_dir: Path, serve: Callable[..., Server], target: str, path: str
-) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_the_statuses_the_server_gives_are_documented(shared: Server, target: str, path: str) -> None:
+    server = shared
     document = server.get("/openapi.json").json()
     response = server.raw("GET", target)
     assert str(response.status_code) in document["paths"][path]["get"]["responses"], (target, response.status_code)
@@ -190,9 +196,8 @@ def test_the_statuses_the_server_gives_are_documented(
         assert (response.status_code == 200) == in_range, (target, response.status_code)
 
 
-def test_a_304_is_documented_and_given(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_a_304_is_documented_and_given(shared: Server) -> None:
+    server = shared
     etag = server.get("/api/v2/jobs/a").headers["etag"]
     assert server.get("/api/v2/jobs/a", headers={"If-None-Match": etag}).status_code == 304
     document = server.get("/openapi.json").json()
@@ -244,8 +249,8 @@ def test_with_a_token_the_api_declares_bearer_or_the_access_token_parameter(sess
     assert "security" not in document  # probes, metrics, the document and problem pages stay open
 
 
-def test_head_of_the_document_has_no_body(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    server = serve(sessions_dir)
+def test_head_of_the_document_has_no_body(shared: Server) -> None:
+    server = shared
     response = server.client.head("/openapi.json")
     assert response.status_code == 200
     assert response.content == b""
@@ -304,9 +309,8 @@ def test_every_header_the_service_sends_is_declared(sessions_dir: Path, serve: C
                 assert name.lower() in response.headers, (target, name)
 
 
-def test_every_header_of_a_stream_and_a_long_poll_is_declared(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir, env={"SESSIONS_MAX_WAIT_S": "1"})
+def test_every_header_of_a_stream_and_a_long_poll_is_declared(shared: Server) -> None:
+    server = shared
     document = server.get("/openapi.json").json()
     etag = server.get("/api/v2/jobs/a").headers["etag"]
     waited = server.get("/api/v2/jobs/a", headers={"If-None-Match": etag, "Prefer": "wait=1"})
@@ -320,9 +324,8 @@ def test_every_header_of_a_stream_and_a_long_poll_is_declared(sessions_dir: Path
             assert set(response.headers) - TRANSPORT_HEADERS <= declared_headers(document, path, 200), target
 
 
-def test_head_is_served_for_every_documented_get(sessions_dir: Path, serve: Callable[..., Server]) -> None:
-    put_session(sessions_dir, "a")
-    server = serve(sessions_dir)
+def test_head_is_served_for_every_documented_get(shared: Server) -> None:
+    server = shared
     document = server.get("/openapi.json").json()
     targets = {JOB_PATH: "/api/v2/jobs/a", "/problems/{name}": "/problems/bad-request"}
     for path in document["paths"]:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability_support import (
+from tests.support import Server, encode, listed, put_session, session_doc, wait_until, write_atomic, write_in_place
+from tests.support.reliability import (
     INOTIFY_LIMITS,
     folder_agrees,
     limited_inotify_prefix,
@@ -32,7 +33,6 @@ from tests.reliability_support import (
     userns_available,
     wait_quiet_figures,
 )
-from tests.support import Server, encode, listed, put_session, session_doc, wait_until, write_atomic, write_in_place
 
 POLL_MS = 100
 
@@ -112,7 +112,7 @@ def test_native_watcher_dies_while_running_and_cannot_restart_at_first(
     wait_until(lambda: logged(server, "native watcher down"), 5, what="the fault in the logs")
     assert metric(server, "sessions_watcher_up") == 0
     probes_answer(server)
-    wait_until(lambda: listed(server) == ["new"], 3, what="the new folder, polled")
+    wait_until(lambda: list(listed(server)) == ["new"], 3, what="the new folder, polled")
     restarts_before = metric(server, "sessions_watcher_restarts_total")
     wait_until(
         lambda: metric(server, "sessions_watcher_restarts_total") > restarts_before, 10, what="a retry that fails"
@@ -348,7 +348,7 @@ def test_bad_links_present_at_start_are_warmed_and_logged_once(tmp_path: Path, s
     put_session(folder, "valid")
     server = serve(folder, env={"SESSIONS_RESCAN_INTERVAL_S": "0.2"})
     # ready means warm: one bad link must not make the warm-up skip the folder
-    assert listed(server) == ["valid"]
+    assert list(listed(server)) == ["valid"]
     wait_until(lambda: metric(server, "sessions_rescans_total") >= 3, 10, what="three rescans")
     logs_settled(server)
     assert not logged(server, "cannot list the sessions folder")
@@ -455,6 +455,7 @@ def test_too_few_file_descriptors(sessions_dir: Path, serve: Callable[..., Serve
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a /livez p99 bound: measured alone, not beside other tests
 @pytest.mark.timeout(180)
 def test_a_flood_of_100_000_events(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     """More events than the kernel queues (16,384 by default) and more distinct files than the

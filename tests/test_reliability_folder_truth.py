@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from tests.reliability_support import Expected, metric, service_agrees, summary_of
 from tests.support import Server, encode, session_doc, wait_until, write_atomic, write_in_chunks, write_in_place
+from tests.support.reliability import Expected, metric, service_agrees, summary_of
 
 MAX_FILE_BYTES = 8192
 MODES = {

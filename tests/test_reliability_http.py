@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from tests.reliability_support import process_figures
 from tests.support import Server, encode, put_session, session_doc, start_server, wait_until
+from tests.support.reliability import process_figures
 
 TOKEN = "s3cr3t-token"
+KEEPALIVE = 2  # SESSIONS_KEEPALIVE_S of the servers that let idle and stalled clients go
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,25 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield server
     assert server.process.poll() is None, "the server died"
     assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a short keep-alive for the tests of heads, paths and clients that stall: a
+    session `j`, `big` (larger than the socket buffers), and two links to a secret file beside
+    the folder, outside it."""
+    root = tmp_path_factory.mktemp("outside")
+    folder = root / "sessions"
+    folder.mkdir()
+    put_session(folder, "j")
+    (folder / "big.json").write_bytes(encode(session_doc("big", payload="z" * 4_000_000)))
+    (root / "secret.json").write_bytes(orjson.dumps({"password": "hunter2"}))
+    (folder / "leak.json").symlink_to(root / "secret.json")
+    (folder / "up.json").symlink_to("../secret.json")
+    env = {"SESSIONS_KEEPALIVE_S": str(KEEPALIVE), "SESSIONS_LOG_LEVEL": "warning"}
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env=env)
+    yield server
+    server.stop()
 
 
 def no_server_errors(server: Server) -> None:
@@ -181,11 +201,10 @@ def test_silent_clients_cannot_hold_the_server(sessions_dir: Path, serve: Callab
 
 
 @pytest.mark.timeout(60)
-def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+def test_a_huge_request_head_is_refused_without_buffering_it(quiet: Server) -> None:
     """httptools has no bound on a head: without one, a client sending a header of hundreds of
     megabytes has it buffered whole (and a few such clients exhaust a container's memory)."""
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, env={"SESSIONS_LOG_LEVEL": "warning"})
+    server = quiet
     pid = server.process.pid
     before = process_figures(pid)["rss"]
     host, port = server.base_url.removeprefix("http://").split(":")
@@ -212,12 +231,11 @@ def test_a_huge_request_head_is_refused_without_buffering_it(sessions_dir: Path,
 
 
 @pytest.mark.timeout(60)
-def test_a_body_trickled_byte_by_byte_is_cut_off(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+def test_a_body_trickled_byte_by_byte_is_cut_off(quiet: Server) -> None:
     """Each byte received cancels uvicorn's keep-alive timer: a request whose body trickles in
     must still arrive whole within SESSIONS_KEEPALIVE_S, or its connection is closed."""
-    put_session(sessions_dir, "j")
-    keepalive = 2
-    server = serve(sessions_dir, env={"SESSIONS_KEEPALIVE_S": str(keepalive), "SESSIONS_LOG_LEVEL": "warning"})
+    keepalive = KEEPALIVE
+    server = quiet
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=1) as sock:
         sock.sendall(b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
@@ -240,10 +258,9 @@ def test_a_body_trickled_byte_by_byte_is_cut_off(sessions_dir: Path, serve: Call
 
 
 @pytest.mark.timeout(60)
-def test_the_head_bound_counts_heads_only(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+def test_the_head_bound_counts_heads_only(quiet: Server) -> None:
     """Requests pipelined behind a short head, and a body, are not a large head."""
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, env={"SESSIONS_LOG_LEVEL": "warning"})
+    server = quiet
     host, port = server.base_url.removeprefix("http://").split(":")
     request = b"GET /api/v2/jobs/j HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -262,12 +279,11 @@ def test_the_head_bound_counts_heads_only(sessions_dir: Path, serve: Callable[..
 
 
 @pytest.mark.timeout(60)
-def test_a_client_that_stops_reading_is_let_go(sessions_dir: Path, serve: Callable[..., Server]) -> None:
+def test_a_client_that_stops_reading_is_let_go(quiet: Server) -> None:
     """A response the client never reads cannot be sent: after the keep-alive timeout without
     progress the connection is aborted, or such clients pin descriptors and buffers for ever."""
-    (sessions_dir / "big.json").write_bytes(encode(session_doc("big", payload="z" * 4_000_000)))
-    keepalive = 2
-    server = serve(sessions_dir, env={"SESSIONS_KEEPALIVE_S": str(keepalive), "SESSIONS_LOG_LEVEL": "warning"})
+    keepalive = KEEPALIVE
+    server = quiet
     pid = server.process.pid
     host, port = server.base_url.removeprefix("http://").split(":")
     sock = socket.socket()
@@ -305,14 +321,8 @@ def server_holds(pid: int, server_port: int, client_port: int) -> bool:
     return False
 
 
-def test_the_server_never_serves_a_file_outside_its_folder(tmp_path: Path, serve: Callable[..., Server]) -> None:
-    folder = tmp_path / "sessions"
-    folder.mkdir()
-    secret = tmp_path / "secret.json"
-    secret.write_bytes(orjson.dumps({"password": "hunter2"}))
-    (folder / "leak.json").symlink_to(secret)
-    (folder / "up.json").symlink_to("../secret.json")
-    server = serve(folder)
+def test_the_server_never_serves_a_file_outside_its_folder(quiet: Server) -> None:
+    server = quiet  # its folder links to a secret file outside it
     for path in ["/api/v2/jobs/leak", "/api/v2/jobs/up", "/api/v2/jobs/..%2Fsecret", "/api/v2/jobs/%2E%2E%2Fsecret"]:
         response = server.raw("GET", path)
         assert response.status_code in (400, 404)

@@ -39,6 +39,7 @@ def read_response(sock: socket.socket, data: bytes = b"", pace_s: float = 0.0) -
     return head + b"\r\n\r\n" + body
 
 
+@pytest.mark.slow  # the service under load for seconds, twice
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("delay", ["0", "6"], ids=["no delay", "6 s delay"])
 def test_sigterm_under_load(sessions_dir: Path, serve: Callable[..., Server], delay: str) -> None:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from app.api.application import LOADER_THREADS
-from tests.reliability_support import folder_agrees, metric, process_figures, wait_quiet_figures
 from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic, write_in_place
+from tests.support.reliability import folder_agrees, metric, process_figures, wait_quiet_figures
 
 DURATION_S = 30.0
 GETS = {"route": "/api/v2/jobs/{job_id}", "method": "GET", "status": "200"}
@@ -24,6 +24,7 @@ CACHE_BYTES = 300_000  # about half the folder: misses, loads and evictions are 
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a p99 bound on reads: measured alone, not beside other tests
 @pytest.mark.timeout(150)
 def test_soak_reads_and_lists_while_files_churn(sessions_dir: Path, serve: Callable[..., Server]) -> None:
     ids = [f"job-{n}" for n in range(300)]

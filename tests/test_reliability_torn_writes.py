@@ -19,6 +19,8 @@ import pytest
 
 from tests.support import Server, encode, session_doc, wait_until, write_in_chunks
 
+pytestmark = pytest.mark.slow  # large files rewritten in place for seconds
+
 READERS = 4
 VERSIONS = 10
 

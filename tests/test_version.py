@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from app import __version__
-from tests.ops_support import scrape
 from tests.support import REPO, Server, start_server
+from tests.support.ops import scrape
 
 
 def _pyproject_version() -> str:

@@ -6,18 +6,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.support import Server, put_session, wait_until, write_in_place
-from tests.watch_support import Watch, mirror, open_raw_stream, read_head
+from tests.support import Server, put_session, start_server, wait_until, write_in_place
+from tests.support.watch import Watch, mirror, open_raw_stream, read_head
 
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server over four sessions that nothing changes: for the tests that only read."""
+    folder = tmp_path_factory.mktemp("sessions")
+    put_session(folder, "r1", status="running", user_id="ann")
+    put_session(folder, "r2", status="running", user_id="bob")
+    put_session(folder, "h", status="pending_hitl", user_id="bob")
+    put_session(folder, "done", status="completed", user_id="ann")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env=FAST)
+    yield server
+    server.stop()
 
 
 def list_revision(server: Server, query: str = "") -> tuple[dict[str, dict[str, object]], str]:
@@ -145,17 +158,10 @@ def test_server_sent_events(sessions_dir: Path, serve: Serve, watch: Open) -> No
         ("user_id=ann&include_saved=false", {"r1"}),
     ],
 )
-def test_filters_as_for_the_list(
-    sessions_dir: Path, serve: Serve, watch: Open, query: str, expect_ids: set[str]
-) -> None:
-    put_session(sessions_dir, "r1", status="running", user_id="ann")
-    put_session(sessions_dir, "r2", status="running", user_id="bob")
-    put_session(sessions_dir, "h", status="pending_hitl", user_id="bob")
-    put_session(sessions_dir, "done", status="completed", user_id="ann")
-    server = serve(sessions_dir, env=FAST)
-    stream = watch(server, f"/api/v2/jobs?watch=true&{query}")
+def test_filters_as_for_the_list(shared: Server, watch: Open, query: str, expect_ids: set[str]) -> None:
+    stream = watch(shared, f"/api/v2/jobs?watch=true&{query}")
     stream.wait_for(lambda event: event.get("initial_events_end", False))
-    assert set(mirror(stream.events)) == expect_ids == set(list_revision(server, f"&{query}")[0])
+    assert set(mirror(stream.events)) == expect_ids == set(list_revision(shared, f"&{query}")[0])
 
 
 def test_a_session_that_stops_matching_is_deleted_and_one_that_starts_is_added(
@@ -234,10 +240,9 @@ def test_a_stream_ends_cleanly_after_its_lifetime(sessions_dir: Path, serve: Ser
     ],
 )
 def test_bad_parameters_are_a_400_and_unknown_revisions_a_410(
-    sessions_dir: Path, serve: Serve, query: str, headers: dict[str, str], status: int
+    shared: Server, query: str, headers: dict[str, str], status: int
 ) -> None:
-    server = serve(sessions_dir)
-    response = server.get(f"/api/v2/jobs?{query}", headers=headers)
+    response = shared.get(f"/api/v2/jobs?{query}", headers=headers)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -306,8 +311,7 @@ def test_a_stream_that_falls_behind_its_buffer_gets_an_error_and_ends(
     )
 
 
-def test_head_of_a_watch_is_headers_only(sessions_dir: Path, serve: Serve) -> None:
-    server = serve(sessions_dir)
-    response = server.client.head("/api/v2/jobs?watch=true", headers={"Accept": "text/event-stream"})
+def test_head_of_a_watch_is_headers_only(shared: Server) -> None:
+    response = shared.client.head("/api/v2/jobs?watch=true", headers={"Accept": "text/event-stream"})
     assert response.status_code == 200 and response.content == b""
     assert response.headers["content-type"].startswith("text/event-stream")

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.ops_support import scrape, wait_for_scrape
 from tests.support import Server, encode, put_session, session_doc, wait_until
+from tests.support.ops import scrape, wait_for_scrape
+from tests.support.watch import Watch, open_raw_stream, read_head
 from tests.test_reliability_http import server_holds
-from tests.watch_support import Watch, open_raw_stream, read_head
 
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]

@@ -5,19 +5,35 @@ lags, through the real server and the real watcher."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
 
-from tests.reliability_support import process_figures
-from tests.support import Server, encode, put_session, session_doc, wait_until, write_atomic
-from tests.watch_support import Watch, open_raw_stream, read_head
+from tests.support import Server, encode, put_session, session_doc, start_server, wait_until, write_atomic
+from tests.support.reliability import process_figures
+from tests.support.watch import Watch, open_raw_stream, read_head
 
 FAST = {"SESSIONS_BOOKMARK_S": "0.5"}
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]
+
+
+class Shared(NamedTuple):
+    server: Server
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """The real server over a folder where each test writes a job of its own: a job's stream
+    hears only its job, so these tests share it."""
+    folder = tmp_path_factory.mktemp("sessions")
+    server = start_server(folder, tmp_path_factory.mktemp("logs"), env=FAST)
+    yield Shared(server, folder)
+    server.stop()
 
 
 def served(server: Server, job_id: str) -> tuple[dict[str, object], str]:
@@ -26,111 +42,110 @@ def served(server: Server, job_id: str) -> tuple[dict[str, object], str]:
     return response.json(), response.headers["etag"]
 
 
-def test_versions_deletion_and_rebirth(sessions_dir: Path, serve: Serve, watch: Open) -> None:
-    put_session(sessions_dir, "j", status="running")
-    server = serve(sessions_dir, env=FAST)
-    document, etag = served(server, "j")
-    stream = watch(server, "/api/v2/jobs/j?watch=true")
+def put_served(shared: Shared, job_id: str, **fields: Any) -> None:
+    """Write a new session and wait until the server serves it."""
+    put_session(shared.folder, job_id, **fields)
+    wait_until(lambda: shared.server.get(f"/api/v2/jobs/{job_id}").status_code == 200, what=f"{job_id} served")
+
+
+def test_versions_deletion_and_rebirth(shared: Shared, watch: Open) -> None:
+    server, sessions_dir = shared
+    put_served(shared, "rebirth", status="running")
+    document, etag = served(server, "rebirth")
+    stream = watch(server, "/api/v2/jobs/rebirth?watch=true")
     first = stream.wait_for(lambda event: event["type"] != "BOOKMARK")
     assert first["type"] == "ADDED" and first["etag"] == etag and first["object"] == document
 
-    put_session(sessions_dir, "j", status="pending_hitl")
+    put_session(sessions_dir, "rebirth", status="pending_hitl")
     modified = stream.wait_for(lambda event: event["type"] == "MODIFIED")
-    document, etag = served(server, "j")
+    document, etag = served(server, "rebirth")
     assert modified["object"] == document and modified["etag"] == etag
 
-    (sessions_dir / "j.json").unlink()
+    (sessions_dir / "rebirth.json").unlink()
     deleted = stream.wait_for(lambda event: event["type"] == "DELETED")
     assert deleted["object"] == document and deleted["etag"] == etag  # the last version
 
-    put_session(sessions_dir, "j", status="completed")  # the stream stayed open
+    put_session(sessions_dir, "rebirth", status="completed")  # the stream stayed open
     reborn = stream.wait_for(lambda event: event["type"] == "ADDED" and event is not first)
     assert reborn["object"]["status"] == "completed"
     assert [event["type"] for event in stream.changes()] == ["ADDED", "MODIFIED", "DELETED", "ADDED"]
 
 
-def test_a_job_that_does_not_exist_yet_sends_nothing_until_it_appears(
-    sessions_dir: Path, serve: Serve, watch: Open
-) -> None:
-    server = serve(sessions_dir, env=FAST)
-    stream = watch(server, "/api/v2/jobs/later?watch=true")
+def test_a_job_that_does_not_exist_yet_sends_nothing_until_it_appears(shared: Shared, watch: Open) -> None:
+    stream = watch(shared.server, "/api/v2/jobs/later?watch=true")
     stream.wait(lambda s: sum(event["type"] == "BOOKMARK" for event in s.events) >= 2, what="two bookmarks")
     assert stream.changes() == []
-    put_session(sessions_dir, "later")
+    put_session(shared.folder, "later")
     added = stream.wait_for(lambda event: event["type"] == "ADDED")
     assert added["object"]["job_id"] == "later"
 
 
 @pytest.mark.parametrize("header", ["If-None-Match", "Last-Event-ID"])
 @pytest.mark.parametrize("shape", ["as given", "weak", "unquoted"])
-def test_naming_the_current_etag_skips_the_first_event(
-    sessions_dir: Path, serve: Serve, watch: Open, header: str, shape: str
-) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, env=FAST)
-    _, etag = served(server, "j")
+def test_naming_the_current_etag_skips_the_first_event(shared: Shared, watch: Open, header: str, shape: str) -> None:
+    job_id = f"current-{header}-{shape.replace(' ', '-')}"
+    put_served(shared, job_id)
+    _, etag = served(shared.server, job_id)
     value = {"as given": etag, "weak": "W/" + etag, "unquoted": etag.strip('"')}[shape]
-    stream = watch(server, "/api/v2/jobs/j?watch=true", headers={header: value})
+    stream = watch(shared.server, f"/api/v2/jobs/{job_id}?watch=true", headers={header: value})
     stream.wait(lambda s: any(event["type"] == "BOOKMARK" for event in s.events), what="a bookmark")
     assert stream.changes() == []
-    put_session(sessions_dir, "j", status="completed")
+    put_session(shared.folder, job_id, status="completed")
     modified = stream.wait_for(lambda event: event["type"] != "BOOKMARK")
     assert modified["type"] == "MODIFIED" and modified["object"]["status"] == "completed"
 
 
-def test_an_old_etag_gets_the_current_version(sessions_dir: Path, serve: Serve, watch: Open) -> None:
-    put_session(sessions_dir, "j", status="running")
-    server = serve(sessions_dir, env=FAST)
-    _, old = served(server, "j")
-    put_session(sessions_dir, "j", status="completed")
-    wait_until(lambda: served(server, "j")[1] != old, what="the new version")
-    stream = watch(server, "/api/v2/jobs/j?watch=true", headers={"Last-Event-ID": old})
+def test_an_old_etag_gets_the_current_version(shared: Shared, watch: Open) -> None:
+    server = shared.server
+    put_served(shared, "old-etag", status="running")
+    _, old = served(server, "old-etag")
+    put_session(shared.folder, "old-etag", status="completed")
+    wait_until(lambda: served(server, "old-etag")[1] != old, what="the new version")
+    stream = watch(server, "/api/v2/jobs/old-etag?watch=true", headers={"Last-Event-ID": old})
     first = stream.wait_for(lambda event: event["type"] != "BOOKMARK")
     assert first["type"] == "ADDED" and first["object"]["status"] == "completed"
 
 
-def test_a_client_whose_job_was_deleted_hears_deleted(sessions_dir: Path, serve: Serve, watch: Open) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, env=FAST)
-    _, etag = served(server, "j")
-    (sessions_dir / "j.json").unlink()
-    wait_until(lambda: server.get("/api/v2/jobs/j").status_code == 404, what="the deletion")
-    stream = watch(server, "/api/v2/jobs/j?watch=true", headers={"Last-Event-ID": etag})
+def test_a_client_whose_job_was_deleted_hears_deleted(shared: Shared, watch: Open) -> None:
+    server = shared.server
+    put_served(shared, "gone")
+    _, etag = served(server, "gone")
+    (shared.folder / "gone.json").unlink()
+    wait_until(lambda: server.get("/api/v2/jobs/gone").status_code == 404, what="the deletion")
+    stream = watch(server, "/api/v2/jobs/gone?watch=true", headers={"Last-Event-ID": etag})
     deleted = stream.wait_for(lambda event: event["type"] != "BOOKMARK")
     assert deleted["type"] == "DELETED" and deleted["etag"] == etag and deleted["object"] is None
 
 
-def test_etags_resume_on_any_replica(sessions_dir: Path, serve: Serve, watch: Open) -> None:
+def test_etags_resume_on_any_replica(shared: Shared, serve: Serve, watch: Open) -> None:
     """Two replicas over one folder give the same ETags: a client moves from one to the other
     without being sent the version it has."""
-    put_session(sessions_dir, "j")
-    one, two = serve(sessions_dir, env=FAST), serve(sessions_dir, env=FAST)
-    first = watch(one, "/api/v2/jobs/j?watch=true", sse=True)
+    put_session(shared.folder, "replica")
+    one, two = shared.server, serve(shared.folder, env=FAST)  # the shared one, and a replica beside it
+    first = watch(one, "/api/v2/jobs/replica?watch=true", sse=True)
     added = first.wait_for(lambda event: event["type"] == "ADDED")
-    assert added["_id"] == added["etag"] == served(two, "j")[1]
-    resumed = watch(two, "/api/v2/jobs/j?watch=true", sse=True, headers={"Last-Event-ID": added["_id"]})
+    assert added["_id"] == added["etag"] == served(two, "replica")[1]
+    resumed = watch(two, "/api/v2/jobs/replica?watch=true", sse=True, headers={"Last-Event-ID": added["_id"]})
     resumed.wait(lambda s: any(event["type"] == "BOOKMARK" for event in s.events), what="a bookmark")
     assert resumed.changes() == []
-    put_session(sessions_dir, "j", status="failed")
+    put_session(shared.folder, "replica", status="failed")
     assert resumed.wait_for(lambda event: event["type"] == "MODIFIED")["object"]["status"] == "failed"
-    assert first.wait_for(lambda event: event["type"] == "MODIFIED")["etag"] == served(two, "j")[1]
+    assert first.wait_for(lambda event: event["type"] == "MODIFIED")["etag"] == served(two, "replica")[1]
 
 
-def test_server_sent_events_carry_the_etag_as_id(sessions_dir: Path, serve: Serve, watch: Open) -> None:
-    put_session(sessions_dir, "j")
-    server = serve(sessions_dir, env=FAST)
-    stream = watch(server, "/api/v2/jobs/j?watch=true", sse=True)
+def test_server_sent_events_carry_the_etag_as_id(shared: Shared, watch: Open) -> None:
+    put_served(shared, "sse")
+    stream = watch(shared.server, "/api/v2/jobs/sse?watch=true", sse=True)
     added = stream.wait_for(lambda event: event["type"] == "ADDED")
-    assert added["_event"] == "ADDED" and added["_id"] == served(server, "j")[1]
+    assert added["_event"] == "ADDED" and added["_id"] == served(shared.server, "sse")[1]
     bookmark = stream.wait_for(lambda event: event["type"] == "BOOKMARK")
     assert bookmark["_id"] is None  # the id a reconnect sends stays the ETag
 
 
-def test_a_pretty_printed_document_is_one_line_per_event(sessions_dir: Path, serve: Serve, watch: Open) -> None:
-    doc = session_doc("j", note="line\nbreaks\r\nescaped", nested={"a": [1, 2, {"b": None}]})
-    write_atomic(sessions_dir / "j.json", encode(doc))
-    server = serve(sessions_dir, env=FAST)
-    stream = watch(server, "/api/v2/jobs/j?watch=true")
+def test_a_pretty_printed_document_is_one_line_per_event(shared: Shared, watch: Open) -> None:
+    doc = session_doc("pretty", note="line\nbreaks\r\nescaped", nested={"a": [1, 2, {"b": None}]})
+    write_atomic(shared.folder / "pretty.json", encode(doc))
+    stream = watch(shared.server, "/api/v2/jobs/pretty?watch=true")
     added = stream.wait_for(lambda event: event["type"] == "ADDED")
     assert added["object"] == doc
     assert bytes(stream.raw).count(b"\n") == len(stream.events)
@@ -145,9 +160,8 @@ def test_a_pretty_printed_document_is_one_line_per_event(sessions_dir: Path, ser
         ("/api/v2/jobs/j?watch=true&revision=abc.1", 400),
     ],
 )
-def test_bad_job_watches_are_a_400(sessions_dir: Path, serve: Serve, target: str, status: int) -> None:
-    server = serve(sessions_dir)
-    response = server.raw("GET", target)
+def test_bad_job_watches_are_a_400(shared: Shared, target: str, status: int) -> None:
+    response = shared.server.raw("GET", target)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
 

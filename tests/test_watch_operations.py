@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.api.application import LOADER_THREADS
-from tests.ops_support import scrape, wait_for_scrape
-from tests.reliability_support import process_figures, wait_quiet_figures
 from tests.support import Server, put_session, wait_until
-from tests.watch_support import Watch, open_raw_stream, read_head
+from tests.support.ops import scrape, wait_for_scrape
+from tests.support.reliability import process_figures, wait_quiet_figures
+from tests.support.watch import Watch, open_raw_stream, read_head
 
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.ops_support import wait_for_scrape
 from tests.support import Server, put_session, wait_until
+from tests.support.ops import wait_for_scrape
+from tests.support.watch import Watch, open_raw_stream, read_head
 from tests.test_long_poll import Poll, waiting
-from tests.watch_support import Watch, open_raw_stream, read_head
 
 Open = Callable[..., Watch]
 Serve = Callable[..., Server]

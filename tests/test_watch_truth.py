@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from tests.reliability_support import Expected
 from tests.support import Server
+from tests.support.reliability import Expected
+from tests.support.watch import Watch
 from tests.test_reliability_folder_truth import MAX_FILE_BYTES, MODES, FolderIsTheTruth
-from tests.watch_support import Watch
 
 
 class CollectionMirror:

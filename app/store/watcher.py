@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
@@ -35,6 +36,24 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+class _StopAsking:
+    """The stop event handed to watchfiles, which asks it whether to stop every STEP_MS while it
+    waits. It asks only once its watch exists (the inotify watch is added before the wait
+    begins, and changes from then on are kept for the next batch), so its first question is the
+    moment the watch is up: sooner than the first batch, which an idle folder sends only after
+    TICK_MS, and the warm-up waits for it."""
+
+    def __init__(self, stop: threading.Event, on_watching: Callable[[], None]) -> None:
+        self._stop = stop
+        self._on_watching: Callable[[], None] | None = on_watching
+
+    def is_set(self) -> bool:
+        if self._on_watching is not None:
+            on_watching, self._on_watching = self._on_watching, None
+            on_watching()
+        return self._stop.is_set()
 
 
 class NativeWatcher:
@@ -89,7 +108,7 @@ class NativeWatcher:
             watch_filter=None,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
-            stop_event=self._stop,
+            stop_event=_StopAsking(self._stop, lambda: self._watching(changes_seen)),
             rust_timeout=TICK_MS,
             yield_on_timeout=True,
             recursive=False,
@@ -98,12 +117,6 @@ class NativeWatcher:
             # nothing while healthy; raised, it puts the reconciler in poll mode instead.
             ignore_permission_denied=False,
         ):
-            if not self.healthy.is_set():
-                self.healthy.set()
-                self.settled.set()
-                if changes_seen or self.restarts:
-                    logger.warning("native watcher running again", extra={"folder": root})
-                    self._pending.request_rescan()
             if changes:
                 self.events += len(changes)
                 if (watchfiles.Change.deleted, root) in changes:
@@ -116,6 +129,15 @@ class NativeWatcher:
                     self._pending.add(job_ids)
             if _identity(self._root) != identity:
                 return  # the folder was removed or replaced: watch the new one
+
+    def _watching(self, changes_seen: bool) -> None:
+        if self.healthy.is_set():
+            return
+        self.healthy.set()
+        self.settled.set()
+        if changes_seen or self.restarts:
+            logger.warning("native watcher running again", extra={"folder": str(self._root)})
+            self._pending.request_rescan()
 
     def _down(self, reason: str) -> None:
         if self.healthy.is_set() or self.restarts == 0:

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.ops_support import scrape
 from tests.support import Server, wait_until
+from tests.support.ops import scrape
 
 FINISHED = {"completed", "failed", "cancelled"}
 

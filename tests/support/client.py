@@ -4,28 +4,18 @@ async code, and the library's view compared with the service's."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from sessions_client import Backoff, Stop, Summary
 
-from tests.support import Server
-
 T = TypeVar("T")
 # Retries within a test come back fast; the backoff still doubles and jitters as in production.
 FAST_BACKOFF = Backoff(initial=0.05, maximum=0.5)
-
-
-def listed(server: Server, query: str = "") -> dict[str, dict[str, Any]]:
-    """The service's own list (one page of up to 1,000), by job id: what a mirror must equal."""
-    response = server.get(f"/api/v2/jobs?limit=1000{query}")
-    assert response.status_code == 200, response.text
-    return {item["job_id"]: item for item in response.json()}
 
 
 def as_items(mirror: dict[str, Summary]) -> dict[str, dict[str, Any]]:
@@ -62,20 +52,6 @@ class Recorder:
     def mark(self) -> int:
         with self._lock:
             return len(self.calls)
-
-
-async def eventually(condition: Callable[[], T | Awaitable[T]], timeout: float = 10.0, what: str = "") -> T:
-    """`wait_until` for async tests: poll `condition` (plain or async) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
 
 
 class Forwarder:

@@ -25,13 +25,6 @@ METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-def wait_for(find: Callable[[], T | None], timeout: float = 10.0, what: str = "", interval: float = 0.01) -> T:
-    """`wait_until` for a search: poll until `find` gives something other than None (or empty)."""
-    found = wait_until(find, timeout, interval=interval, what=what)
-    assert found is not None
-    return found
-
-
 @dataclass(frozen=True)
 class Scrape:
     """One parsed /metrics response."""
@@ -91,7 +84,7 @@ def wait_for_scrape(
         return current if condition(current) else None
 
     try:
-        return wait_for(attempt, timeout, what, interval)
+        return wait_until(attempt, timeout, interval, what)
     except AssertionError as exc:
         detail = last[0].text if last else "(no scrape)"
         raise AssertionError(f"{exc}\nlast scrape:\n{detail}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The statuses docs/contract.md#files lists as seen in the wild; the last three are the finished ones.
 STATUSES = (
     *("pending", "running", "pending_hitl", "pending_user_input", "pending_review"),
@@ -43,6 +44,20 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error}")
         time.sleep(interval)
+
+
+async def eventually(condition: Callable[[], T | Awaitable[T]], timeout: float = 10.0, what: str = "") -> T:
+    """`wait_until` for async tests: poll `condition` (plain or async) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
 
 
 # --- documents and writers -----------------------------------------------------------------------
@@ -105,9 +120,12 @@ def put_session(folder: Path, job_id: str, **fields: Any) -> dict[str, Any]:
 # --- a real server -------------------------------------------------------------------------------
 
 
-def listed(server: Server) -> list[str]:
-    """The job ids of the first list page (up to 1,000), in list order."""
-    return [item["job_id"] for item in server.get("/api/v2/jobs?limit=1000").json()]
+def listed(server: Server, query: str = "") -> dict[str, dict[str, Any]]:
+    """The first list page (up to 1,000 summaries) by job id, in list order: `in` asks whether
+    a job is listed, `list(...)` gives the order, and the values are what a mirror must equal."""
+    response = server.get(f"/api/v2/jobs?limit=1000{query}")
+    assert response.status_code == 200, response.text
+    return {item["job_id"]: item for item in response.json()}
 
 
 def free_port() -> int:
