@@ -64,15 +64,16 @@ def is_racy(st: os.stat_result, now_ns: int | None = None) -> bool:
     return (time.time_ns() if now_ns is None else now_ns) - st.st_mtime_ns < RACY_WINDOW_NS
 
 
-def stat_following_links(path: str) -> os.stat_result | None:
+def stat_following_links(path: str, dir_fd: int | None = None) -> os.stat_result | None:
     """The metadata a version is known by: the file's, a link's target's; the link's own where
-    it leads nowhere (dangling, a loop) or cannot be followed; None if the name is gone."""
+    it leads nowhere (dangling, a loop) or cannot be followed; None if the name is gone.
+    (`path` relative to `dir_fd` when given: a scan of 100,000 names saves a path walk each.)"""
     try:
-        return os.stat(path)
+        return os.stat(path, dir_fd=dir_fd)
     except OSError:
         pass
     try:
-        return os.lstat(path)
+        return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import stat
 import threading
@@ -27,7 +28,7 @@ from app.store import fileversion, sessionfile
 from app.store.announcements import AnnouncementReader
 from app.store.fileversion import signature
 from app.store.pending import PendingChanges
-from app.store.poller import Poller, folder_key, list_folder
+from app.store.poller import HOT_CYCLE_S, Poller, folder_key, list_folder
 from app.store.poller import inline as poller_inline
 from app.store.sessionfile import LoadedFile, job_id_for
 from app.store.store import Change, SessionStore
@@ -52,6 +53,14 @@ FOLDER_SLOW_S = 5.0
 # While the poller's folder operations run in their thread, this thread applies the job ids
 # that arrive, and looks at least this often whether it was told to stop.
 STOP_CHECK_S = 1.0
+
+# A rescan on a network mount stats with this many threads, a chunk of names at a time; it
+# lists the folder again when the median stat of a chunk is SLOW_STATS times the lowest median
+# of the pass (the listing's attributes are no longer cached), at most once per RELIST_GAP_S.
+SCAN_STAT_THREADS = 3
+SCAN_CHUNK = 3072
+SLOW_STATS = 4.0
+RELIST_GAP_S = 3.0
 
 # A rescan applied here looks for announced changes every so many files it compares.
 SERVE_EVERY = 1024
@@ -129,6 +138,9 @@ class Reconciler:
                 forced=self.network,
                 run_io=self._meanwhile if self._poll_io is not None else poller_inline,
                 pause=self._wait_folder_free,
+                hot_cycle_s=None if 0 < settings.rescan_interval_s <= HOT_CYCLE_S else HOT_CYCLE_S,
+                stat_threads=SCAN_STAT_THREADS if self.network else 1,
+                thread_initializer=_lower_priority,
             )
         # What is true of the folder, for readiness, metrics and logs: reachable or not (and
         # why), and since when a folder operation has been running (a hung server).
@@ -140,8 +152,12 @@ class Reconciler:
         self._scanner: ThreadPoolExecutor | None = None
         self._scanning: Future[tuple[tuple[int, int, int] | None, dict[str, int], dict[str, int]]] | None = None
         self._scan_started = 0.0
+        self._scan_stats: ThreadPoolExecutor | None = None
         if self.network and self.watch.mode != "off":
             self._scanner = ThreadPoolExecutor(1, thread_name_prefix="sessions-scan", initializer=_lower_priority)
+            self._scan_stats = ThreadPoolExecutor(
+                SCAN_STAT_THREADS, thread_name_prefix="sessions-scan-stat", initializer=_lower_priority
+            )
         self._thread = threading.Thread(target=self._run, name="sessions-reconciler", daemon=True)
         # Hooks for metrics: every applied change, and the lag from a file's modification to
         # the moment its new version is served.
@@ -169,9 +185,11 @@ class Reconciler:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
         if self.announcements is not None:
             self.announcements.join(max(0.0, deadline - time.monotonic()))
-        for executor in (self._scanner, self._poll_io):
+        for executor in (self._scanner, self._scan_stats, self._poll_io):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+        if self.poller is not None:
+            self.poller.close()
 
     # --- what is true of the folder ----------------------------------------------------------------
 
@@ -420,23 +438,74 @@ class Reconciler:
         """Every session file in the folder: job id -> signature, and job id -> inode number."""
         found: dict[str, int] = {}
         inodes: dict[str, int] = {}
-        # In the scanner's thread (network filesystems): give way to announced changes.
-        pause = self._wait_folder_free if self._scanner is not None else None
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                job_id = job_id_for(entry.name)
-                if job_id is None:
+        if self._scanner is None:  # a local disk: stat as the listing goes
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    job_id = job_id_for(entry.name)
+                    if job_id is not None:
+                        inodes[job_id] = entry.inode()
+                        self._scan_one(job_id, entry.path, found)
+            return found, inodes
+        # A network mount, in the scanner's thread. A listing brings every file's attributes
+        # into the client's cache (NFS's READDIRPLUS, sshfs's own cache) for a few seconds: a
+        # stat then costs tens of microseconds, past that a round trip to the file server. So
+        # the folder is listed first, then stat-ed by SCAN_STAT_THREADS at once, which ends
+        # the pass while the listing's attributes are still there (measured on sshfs at
+        # 100,000 files, one core: 2.6 s of stats and 4 s of CPU with three threads; one
+        # thread outlived the attributes and took 9-14 s of CPU). Where the stats still turn
+        # slow (a bigger folder), the folder is listed again: the client no longer holds what
+        # the last listing brought. (A listing made while it still does may be answered from
+        # its cache and refresh nothing: hence at most one per RELIST_GAP_S.)
+        assert self._scan_stats is not None
+        listing = self._list_for_scan()
+        listed_at = time.monotonic()
+        fastest = math.inf  # the lowest median stat time of a chunk in this pass
+        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for start in range(0, len(listing), SCAN_CHUNK):
+                chunk = listing[start : start + SCAN_CHUNK]
+                parts = [chunk[index::SCAN_STAT_THREADS] for index in range(SCAN_STAT_THREADS)]
+                timings: list[float] = []
+                for part_found, part_timings in self._scan_stats.map(self._stat_part, parts, [folder] * len(parts)):
+                    found.update(part_found)
+                    timings += part_timings
+                for job_id, _, inode in chunk:
+                    inodes[job_id] = inode
+                if not timings:
                     continue
-                inodes[job_id] = entry.inode()
-                if pause is not None:
-                    pause()
-                st = fileversion.stat_following_links(entry.path)
-                if st is None:
-                    continue  # deleted since listed
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # a sub-folder, whatever its name
-                found[job_id] = signature(st)
+                # The median: a stat delayed by another thread (the interpreter lock, the
+                # scheduler) moves it little; stats that all became round trips move it a lot.
+                median = sorted(timings)[len(timings) // 2]
+                if median > SLOW_STATS * fastest and time.monotonic() - listed_at > RELIST_GAP_S:
+                    self._list_for_scan()
+                    listed_at = time.monotonic()
+                fastest = min(fastest, median)
+        finally:
+            os.close(folder)
         return found, inodes
+
+    def _stat_part(self, part: list[tuple[str, str, int]], folder: int) -> tuple[dict[str, int], list[float]]:
+        """In one of the scan's stat threads: the signatures of `part`, and each stat's time."""
+        found: dict[str, int] = {}
+        timings: list[float] = []
+        for job_id, name, _ in part:
+            self._wait_folder_free()  # give way to announced changes
+            started = time.perf_counter()
+            self._scan_one(job_id, name, found, folder)
+            timings.append(time.perf_counter() - started)
+        return found, timings
+
+    def _list_for_scan(self) -> list[tuple[str, str, int]]:
+        """(job id, file name, inode number) of every session file, listed at once."""
+        with os.scandir(self.root) as entries:
+            return [(job_id, entry.name, entry.inode()) for entry in entries if (job_id := job_id_for(entry.name))]
+
+    @staticmethod
+    def _scan_one(job_id: str, path: str, found: dict[str, int], dir_fd: int | None = None) -> None:
+        st = fileversion.stat_following_links(path, dir_fd)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            return  # deleted since listed, or a sub-folder whatever its name
+        found[job_id] = signature(st)
 
     def _scan_with_key(self) -> tuple[tuple[int, int, int] | None, dict[str, int], dict[str, int]]:
         # The folder's key as the poller sees it (past the attribute cache where it asks so),
