@@ -332,6 +332,22 @@ def test_a_rescan_on_a_network_mount_lists_again_when_its_stats_turn_slow(
         listings.clear()
         again, _ = reconciler._scan()
         assert again == found and len(listings) == 2  # listed again after the slow chunk, once
+
+        # A listing that does not make the stats fast again (the client answers it from its
+        # cache, or has no such cache): the pass goes on without listing more.
+        monkeypatch.setattr(reconciler_module, "SCAN_CHUNK", 30)  # 15 chunks, all slow but the first
+        parts[0] = 0
+        threads = reconciler_module.SCAN_STAT_THREADS
+
+        def slow_after_the_first(part: list[tuple[str, str, int]], folder: int) -> tuple[dict[str, int], list[float]]:
+            found, timings = real_stat_part(part, folder)
+            parts[0] += 1
+            return found, timings if parts[0] <= threads else [1.0 + timing for timing in timings]
+
+        monkeypatch.setattr(reconciler, "_stat_part", slow_after_the_first)
+        listings.clear()
+        again, _ = reconciler._scan()
+        assert again == found and len(listings) == 2  # the first, and one that did not help
     finally:
         assert reconciler._scan_stats is not None
         reconciler._scan_stats.shutdown()

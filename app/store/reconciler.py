@@ -56,11 +56,13 @@ STOP_CHECK_S = 1.0
 
 # A rescan on a network mount stats with this many threads, a chunk of names at a time; it
 # lists the folder again when the median stat of a chunk is SLOW_STATS times the lowest median
-# of the pass (the listing's attributes are no longer cached), at most once per RELIST_GAP_S.
+# of the pass (the listing's attributes are no longer cached), no sooner than RELIST_GAP_S after
+# the last listing: a client holds a listing's attributes at least 3 s (NFS's acregmin) and
+# sshfs, the stand-in of the benchmarks, 3-4 s (its cache expires on whole seconds).
 SCAN_STAT_THREADS = 3
 SCAN_CHUNK = 3072
 SLOW_STATS = 4.0
-RELIST_GAP_S = 3.0
+RELIST_GAP_S = 4.0
 
 # A rescan applied here looks for announced changes every so many files it compares.
 SERVE_EVERY = 1024
@@ -453,13 +455,16 @@ class Reconciler:
         # the pass while the listing's attributes are still there (measured on sshfs at
         # 100,000 files, one core: 2.6 s of stats and 4 s of CPU with three threads; one
         # thread outlived the attributes and took 9-14 s of CPU). Where the stats still turn
-        # slow (a bigger folder), the folder is listed again: the client no longer holds what
-        # the last listing brought. (A listing made while it still does may be answered from
-        # its cache and refresh nothing: hence at most one per RELIST_GAP_S.)
+        # slow (a bigger folder, a busy machine), the folder is listed again: the client no
+        # longer holds what the last listing brought. A listing made while it still holds the
+        # last one may be answered from its cache and refresh nothing: the next waits until
+        # RELIST_GAP_S after the last, and if it does not make the stats fast again the pass
+        # goes on without listing.
         assert self._scan_stats is not None
         listing = self._list_for_scan()
         listed_at = time.monotonic()
         fastest = math.inf  # the lowest median stat time of a chunk in this pass
+        relisting, relisted = True, False
         folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for start in range(0, len(listing), SCAN_CHUNK):
@@ -476,9 +481,16 @@ class Reconciler:
                 # The median: a stat delayed by another thread (the interpreter lock, the
                 # scheduler) moves it little; stats that all became round trips move it a lot.
                 median = sorted(timings)[len(timings) // 2]
-                if median > SLOW_STATS * fastest and time.monotonic() - listed_at > RELIST_GAP_S:
+                slow = median > SLOW_STATS * fastest
+                if slow and relisted:
+                    relisting = False  # the listing did not bring them back: stat on
+                relisted = False
+                if slow and relisting:
+                    # Waiting costs nothing; a stat past the client's cache costs ten cached ones.
+                    self.stop_event.wait(max(0.0, listed_at + RELIST_GAP_S - time.monotonic()))
                     self._list_for_scan()
                     listed_at = time.monotonic()
+                    relisted = True
                 fastest = min(fastest, median)
         finally:
             os.close(folder)
