@@ -59,7 +59,7 @@ STOP_CHECK_S = 1.0
 # of the pass (the listing's attributes are no longer cached), no sooner than RELIST_GAP_S after
 # the last listing: a client holds a listing's attributes at least 3 s (NFS's acregmin) and
 # sshfs, the stand-in of the benchmarks, 3-4 s (its cache expires on whole seconds).
-SCAN_STAT_THREADS = 3
+SCAN_STAT_THREADS = 6
 SCAN_CHUNK = 3072
 SLOW_STATS = 4.0
 RELIST_GAP_S = 4.0
@@ -453,8 +453,8 @@ class Reconciler:
         # stat then costs tens of microseconds, past that a round trip to the file server. So
         # the folder is listed first, then stat-ed by SCAN_STAT_THREADS at once, which ends
         # the pass while the listing's attributes are still there (measured on sshfs at
-        # 100,000 files, one core: 2.6 s of stats and 4 s of CPU with three threads; one
-        # thread outlived the attributes and took 9-14 s of CPU). Where the stats still turn
+        # 100,000 files, one core: 1-1.3 s of stats and 3-3.5 s of CPU with six threads, 2.4 s
+        # with three; one thread outlived the attributes and took 9-14 s of CPU). Where the stats still turn
         # slow (a bigger folder, a busy machine), the folder is listed again: the client no
         # longer holds what the last listing brought. A listing made while it still holds the
         # last one may be answered from its cache and refresh nothing: the next waits until
