@@ -132,10 +132,12 @@ def in_place(folder: Path) -> Write:
     return write
 
 
-def freshness(base_url: str, folder: Path, live: list[str], changes: int, gap_s: float, write: Write) -> dict[str, Any]:
+def freshness(
+    base_url: str, folder: Path, live: list[str], changes: int, gap_s: float, write: Write, settle_s: float = SETTLE_S
+) -> dict[str, Any]:
     """`changes` changes to random unfinished sessions of `folder`, `gap_s` apart, each a new
     `updated_at` saved by `write`: p50/p99/max of their arrival on a collection watch, and how
-    many never arrived within SETTLE_S of the last (with their job ids and stamps).
+    many never arrived within `settle_s` of the last (with their job ids and stamps).
 
     A session is changed again only once its last change arrived, while another one is left:
     the service may skip a version that a newer one replaced before it was read, which is not a
@@ -157,7 +159,7 @@ def freshness(base_url: str, folder: Path, live: list[str], changes: int, gap_s:
         written.append((job_id, stamp, time.monotonic()))
         last[job_id] = (job_id, stamp)
         time.sleep(gap_s)
-    deadline = time.monotonic() + SETTLE_S
+    deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline and not all(key in watch.seen for key in last.values()):
         time.sleep(0.05)
     watch.stop = True

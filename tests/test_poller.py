@@ -230,6 +230,18 @@ def test_on_a_network_mount_a_changed_folder_has_every_hot_file_looked_at(
     put_session(sessions_dir, "live-7", status="pending_hitl")
     assert step(reconciler) == {"live-7"}
     assert {f"{job_id}.json" for job_id in live} <= set(stats)
+    # And every period for a while after: a renamed file's attributes may still be cached by
+    # the client (past a forced stat) when the folder's change shows.
+    real = time.monotonic
+    for elapsed in (1.0, poller.SWEEP_AFTER_CHANGE_S - 0.5):
+        stats.clear()
+        monkeypatch.setattr(poller.time, "monotonic", lambda elapsed=elapsed: real() + elapsed)
+        assert step(reconciler) == set()
+        assert {f"{job_id}.json" for job_id in live} <= set(stats)
+    stats.clear()
+    monkeypatch.setattr(poller.time, "monotonic", lambda: real() + poller.SWEEP_AFTER_CHANGE_S + 1)
+    assert step(reconciler) == set()
+    assert len(stats) == 2  # quiet again: the folder and a slice of one
     assert store.lookup("live-7")[0] is not None and b"pending_hitl" in store.lookup("live-7")[0].body  # type: ignore[union-attr]
 
 

@@ -53,6 +53,10 @@ HOT_WINDOW_S = 600.0
 # trip to the file server, instead of 2,000 a period. Full rescans at least this often (the
 # default SESSIONS_RESCAN_INTERVAL_S) look at them anyway: no extra stats then.
 HOT_CYCLE_S = 60.0
+# On a network mount, after a period that found the folder changed, the hot files are stat-ed
+# every period for this long: a renamed file's attributes may still be cached (sshfs keeps its
+# own 3-4 s, past a forced stat) when the folder's change shows, and show on a later period.
+SWEEP_AFTER_CHANGE_S = 5.0
 # Where stats run in several threads, a probe of fewer files than this stays in one.
 PARALLEL_FROM = 64
 # A listing of the folder may take at most this share of the time (the rest of the cost on a
@@ -131,6 +135,7 @@ class Poller:
         # that each is looked at once per `hot_cycle_s`; None where full rescans come at least
         # that often (they look at every file, the hot ones too): no slices then.
         self.every_period = not forced
+        self._sweep_until = 0.0  # monotonic: hot files every period until then (a change)
         self.hot_cycle_s = hot_cycle_s
         self._rotation: list[str] = []
         # Several stats in flight at once (a network mount): threads of the poller's own.
@@ -198,7 +203,9 @@ class Poller:
         if self._listing_wanted and now >= self._next_listing:
             wanted |= self._relist()
         self._cool(now)
-        if self.every_period or folder_changed:
+        if folder_changed:
+            self._sweep_until = now + SWEEP_AFTER_CHANGE_S
+        if self.every_period or now < self._sweep_until:
             wanted |= self._probe(self.hot)
             self._rotation = []  # all just looked at: the cycle starts again
         elif self.hot_cycle_s is not None:
