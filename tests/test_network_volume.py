@@ -95,8 +95,12 @@ def test_the_file_server_going_away(network_folder: netfs.NetworkFolder, serve: 
     Retry-After in bounded time, readiness stays 200 and says the folder is unreachable (as do
     a metric and the log); the server back, everything catches up."""
     server_side = network_folder.server_path
+    an_hour_ago = time.time() - 3600
     for n in range(40):
         put_session(server_side, f"job-{n:02d}", status="running", n=n)
+        # Old enough to trust: a file written within 2 s of its read is read again until it
+        # is not ("racy"), and each such read would move the cache's order under the test.
+        os.utime(server_side / f"job-{n:02d}.json", (an_hour_ago, an_hour_ago))
     # A cache of 10 documents: most sessions are evicted and need the folder to be read.
     server = serve(network_folder.mount_path, env={"SESSIONS_CACHE_MAX_ENTRIES": "10"})
     cached = [job_id for job_id in listed(server) if server.get(f"/api/v2/jobs/{job_id}").status_code == 200][-5:]
