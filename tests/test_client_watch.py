@@ -385,9 +385,15 @@ def test_the_async_mirror(sessions_dir: Path, serve: Serve) -> None:
             (sessions_dir / "b.json").unlink()
             await eventually(lambda: len(recorder.calls) >= 5, 30, "three more callbacks")
             await eventually(lambda: as_items(mirror.snapshot()) == listed(server), 30, "the mirror equal")
-            async with contextlib.aclosing(sessions.watch(initial_events=False)) as events:
+            # The watch's first bookmark says it is open (an async generator sends its request
+            # at the first `anext`): what follows is news. Each wait is bounded.
+            async with contextlib.aclosing(sessions.watch(initial_events=False, bookmarks=True)) as events:
+                opened = await asyncio.wait_for(anext(events), 30)
+                assert opened.type is EventType.BOOKMARK
                 put_session(sessions_dir, "d")
-                first = await anext(events)
+                first = await asyncio.wait_for(anext(events), 30)
+                while first.type is EventType.BOOKMARK:
+                    first = await asyncio.wait_for(anext(events), 30)
                 assert (first.type, first.job_id) == (EventType.ADDED, "d")  # only changes from now on
             assert mirror.running
         assert not mirror.running
