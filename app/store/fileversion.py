@@ -14,6 +14,7 @@ import os
 import struct
 import threading
 import time
+from typing import NamedTuple
 
 from app.errors import InvalidSessionFile, TransientReadError
 
@@ -53,6 +54,20 @@ def too_large(max_bytes: int, size: int | None = None) -> str:
     if size is None:  # it grew past the limit while being read
         return f"larger than SESSIONS_MAX_FILE_BYTES ({max_bytes} bytes)"
     return f"larger than SESSIONS_MAX_FILE_BYTES ({size} > {max_bytes} bytes)"
+
+
+class Version(NamedTuple):
+    """What a file's version is known by on every machine that mounts the folder (an inode
+    number is not: a FUSE client numbers its own). A write sets the times; the change time, which
+    no writer can set back, also changes when a file is replaced or its times are."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def version(st: os.stat_result) -> Version:
+    return Version(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def signature(st: os.stat_result) -> int:
@@ -122,6 +137,7 @@ def stat(path: str) -> os.stat_result:
 # this thread alone).
 
 _AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _AT_STATX_FORCE_SYNC = 0x2000
 _STATX_BASIC_STATS = 0x7FF
@@ -190,6 +206,13 @@ def forced_stat(path: str) -> os.stat_result:
     if _statx is None:
         return os.stat(path)
     return _forced(_AT_FDCWD, os.fsencode(path), 0)
+
+
+def forced_lstat(name: str, dir_fd: int) -> os.stat_result:
+    """`os.stat(name, dir_fd=dir_fd, follow_symlinks=False)`, revalidated like `forced_stat`."""
+    if _statx is None:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return _forced(dir_fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW)
 
 
 def forced_fstat(fd: int) -> os.stat_result:

@@ -84,7 +84,7 @@ class LoadedFile(NamedTuple):
     summary: Summary
     signature: int
     racy: bool
-    mtime_ns: int
+    version: fileversion.Version  # of the file the bytes were read from
 
 
 def _interned(value: object) -> str | None:
@@ -205,7 +205,7 @@ def read(root: Path, job_id: str, max_bytes: int, *, forced: bool = False) -> Lo
     if len(data) > max_bytes:
         raise InvalidSessionFile(fileversion.too_large(max_bytes))
     document, summary = build(job_id, data, st.st_mtime_ns)
-    return LoadedFile(document, summary, signature(st), fileversion.is_racy(st, read_at), st.st_mtime_ns)
+    return LoadedFile(document, summary, signature(st), fileversion.is_racy(st, read_at), fileversion.version(st))
 
 
 def _read_all(fd: int, size: int, max_bytes: int) -> bytes:

@@ -328,7 +328,7 @@ class SessionStore:
             self._index.add(new.key, new.status, new.user_id)
             self._invalid.pop(job_id, None)
             self._cache.put(document)
-            self._record(job_id, entry, new, loaded.mtime_ns / 1e9)
+            self._record(job_id, entry, new, loaded.version.mtime_ns / 1e9)
         return Change.MODIFIED if entry is not None else Change.ADDED
 
     def apply_invalid(self, job_id: str, signature: int, racy: bool, reason: str) -> Change:
