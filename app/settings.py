@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 WatchMode = Literal["auto", "poll", "native", "off"]
+WarmStart = Literal["auto", "off"]
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -41,6 +42,7 @@ class Settings:
     watch: WatchMode = "auto"
     poll_interval_s: float = 0.5
     rescan_interval_s: float = 60.0
+    warm_start: WarmStart = "auto"
     api_token: str | None = None
     shutdown_delay_s: float = 0.0
     log_format: LogFormat = "json"
@@ -199,6 +201,12 @@ SETTINGS = (
     ),
     Setting(
         "SESSIONS_RESCAN_INTERVAL_S", "rescan_interval_s", _seconds(0), "Full reconciliation period; 0 turns it off."
+    ),
+    Setting(
+        "SESSIONS_WARM_START",
+        "warm_start",
+        _choice("auto", "off"),
+        "auto (on a network filesystem, start from the warm-start file a replica left in the folder) or off.",
     ),
     Setting(
         "SESSIONS_API_TOKEN",

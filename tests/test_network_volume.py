@@ -147,3 +147,39 @@ def test_the_file_server_going_away(network_folder: netfs.NetworkFolder, serve: 
 
 def _thread_count(server: Server) -> int:
     return len(os.listdir(Path(f"/proc/{server.process.pid}/task")))
+
+
+def test_a_restart_starts_from_the_warm_start_file(
+    network_folder: netfs.NetworkFolder, serve: Callable[..., Server]
+) -> None:
+    """The first replica on the mount leaves `.warmstart/sessions` once warm; the next takes the
+    finished sessions from it and reads from the folder what changed on the file server
+    meanwhile, and the unfinished sessions (docs/network-volumes.md, "Warm start")."""
+    server_side = network_folder.server_path
+    an_hour_ago = time.time() - 3600
+    for n in range(30):
+        put_session(server_side, f"done-{n:02d}", status="completed", n=n)
+        os.utime(server_side / f"done-{n:02d}.json", (an_hour_ago, an_hour_ago))  # old enough to trust
+    put_session(server_side, "live", status="running")
+    first = serve(network_folder.mount_path)
+    assert metric(first, "sessions_warm_start_sessions") == 0
+    wait_until(
+        lambda: metric(first, "sessions_warm_start_writes_total", outcome="written") == 1, SEEN_S, what="the write"
+    )
+    assert (server_side / ".warmstart" / "sessions").is_file()
+    assert first.stop() == 0
+
+    changed = encode(session_doc("done-03", status="completed", result="rewritten"))
+    write_atomic(server_side / "done-03.json", changed)
+    (server_side / "done-04.json").unlink()
+    live = encode(session_doc("live", status="running", step=2))
+    write_in_place(server_side / "live.json", live)
+    restarted = serve(network_folder.mount_path)
+    assert metric(restarted, "sessions_warm_start_sessions") == 28  # 30, less the rewritten and the deleted
+    for job_id in listed(restarted):
+        assert body(restarted, job_id) == (server_side / f"{job_id}.json").read_bytes(), job_id
+    assert body(restarted, "done-03") == changed and body(restarted, "live") == live
+    assert body(restarted, "done-04") is None
+    logs_settled(restarted)
+    [line] = logged(restarted, "warm-up done")
+    assert (line["files"], line["from_warm_start"]) == (30, 28)

@@ -221,6 +221,19 @@ class ServiceCollector(Collector):
         yield self._gauge(
             "sessions_warmup_duration_seconds", "Time the start-up warm-up took.", stats.warmup_seconds or 0.0
         )
+        yield self._gauge(
+            "sessions_warm_start_sessions",
+            "Sessions the warm-up took from the warm-start file (network filesystems; docs/network-volumes.md).",
+            stats.warm_start_sessions,
+        )
+        writes = CounterMetricFamily(
+            "sessions_warm_start_writes",
+            "Warm-start files this process wrote, failed to write, or left to a newer one (outcome).",
+            labels=["outcome"],
+        )
+        for outcome in ("written", "failed", "skipped"):
+            writes.add_metric([outcome], stats.warm_start_writes.get(outcome, 0))
+        yield writes
         yield self._counter(
             "sessions_watcher_events",
             "File events reported by the native watcher.",

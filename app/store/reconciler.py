@@ -16,7 +16,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +24,9 @@ from typing import TypeVar
 
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import Settings
-from app.store import fileversion, sessionfile
+from app.store import fileversion, sessionfile, warmstart
 from app.store.announcements import AnnouncementReader
-from app.store.fileversion import signature
+from app.store.fileversion import Version, signature
 from app.store.pending import PendingChanges
 from app.store.poller import HOT_CYCLE_S, Poller, folder_key, list_folder
 from app.store.poller import inline as poller_inline
@@ -67,6 +67,16 @@ RELIST_GAP_S = 4.0
 # A rescan applied here looks for announced changes every so many files it compares.
 SERVE_EVERY = 1024
 
+# The warm-start file (app.store.warmstart) is written again when more than this share of the
+# folder's files were not in it or had changed: its cost (one write of every session) follows
+# what changed, and a folder that barely changes is not rewritten at every start.
+WARM_START_STALE_SHARE = 0.05
+# After a warm-up that took sessions from the warm-start file, a full rescan this soon: a
+# file changed in the seconds before the start may show its old attributes while the client's
+# own cache holds them (sshfs's 3-4 s, which no forced stat passes), and so match its old
+# version in the file. Past that cache, the rescan sees the change.
+WARM_START_RECHECK_S = 5.0
+
 T = TypeVar("T")
 
 
@@ -82,6 +92,8 @@ class ReconcilerStats:
     changes: dict[str, int] = field(default_factory=dict)
     transient_errors: int = 0
     folder_failures: int = 0
+    warm_start_sessions: int = 0  # sessions the warm-up took from the warm-start file
+    warm_start_writes: dict[str, int] = field(default_factory=dict)  # by outcome
 
 
 def _lower_priority() -> None:
@@ -119,6 +131,10 @@ class Reconciler:
         self._retry: set[str] = set()
         # On a network filesystem: metadata past the client's attribute cache, reads in parallel.
         self.network = not events_trusted(self.watch.filesystem) and self.watch.filesystem != "unknown"
+        # On a network filesystem the warm-up starts from the file a replica left (app.store.warmstart).
+        self.warm_start = self.network and settings.warm_start == "auto"
+        self._warm_start_writer: threading.Thread | None = None
+        self._recheck_at: float | None = None  # a rescan soon after a warm start
         self.poller: Poller | None = None
         # On a network filesystem a poll's folder operations (a listing, a stat per hot file:
         # each a round trip) take up to seconds: they run in a thread of their own while this
@@ -187,6 +203,8 @@ class Reconciler:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
         if self.announcements is not None:
             self.announcements.join(max(0.0, deadline - time.monotonic()))
+        if self._warm_start_writer is not None:
+            self._warm_start_writer.join(max(0.0, deadline - time.monotonic()))
         for executor in (self._scanner, self._scan_stats, self._poll_io):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
@@ -235,6 +253,8 @@ class Reconciler:
         self.on_applied()  # the history begins: streams can open
         rescan_interval = self.settings.rescan_interval_s
         next_rescan = time.monotonic() + rescan_interval if rescan_interval else None
+        if self._recheck_at is not None:
+            next_rescan = min(self._recheck_at, next_rescan if next_rescan is not None else math.inf)
         next_poll: float | None = None
         while not self.stop_event.is_set():
             now = time.monotonic()
@@ -259,8 +279,7 @@ class Reconciler:
                 now = time.monotonic()
                 if rescan or (next_rescan is not None and now >= next_rescan):
                     self._start_rescan()
-                    if rescan_interval:
-                        next_rescan = time.monotonic() + rescan_interval
+                    next_rescan = time.monotonic() + rescan_interval if rescan_interval else None
                 elif next_poll is not None and now >= next_poll:
                     self._poll()
                     next_poll = max(now + self.settings.poll_interval_s, time.monotonic())
@@ -345,17 +364,26 @@ class Reconciler:
             gc.freeze()
 
     def _load_everything(self) -> None:
-        started = time.monotonic()
+        started, started_ns = time.monotonic(), time.time_ns()
+        reading = self._read_warm_start() if self.warm_start else None
         listing = self._list_until_listed()
         if listing is None:
             return  # stopped
         job_ids, folder = listing
+        taken: list[LoadedFile] = []
+        to_read: Collection[str] = job_ids
+        stale = len(job_ids)  # files the warm-start file did not hold as they are now
+        if reading is not None:
+            contents = self._warm_start_contents(reading)
+            if contents is not None:
+                taken, to_read, stale = self._take_from_warm_start(job_ids, contents.records)
+        # What the next warm-start file would hold: every version read that no write can share.
+        records: list[tuple[str, Version, bytes]] = []
         batch: list[LoadedFile] = []
-        for job_id, outcome in self._read_many(job_ids):
-            if isinstance(outcome, BaseException):
-                self._settle(job_id, outcome)
-                continue
-            batch.append(outcome)
+        for loaded in self._warm_start_then_read(taken, to_read):
+            if not loaded.racy:
+                records.append((loaded.document.job_id, loaded.version, loaded.document.body))
+            batch.append(loaded)
             if len(batch) == WARM_BATCH:
                 self.store.warm(batch)
                 batch = []
@@ -367,14 +395,153 @@ class Reconciler:
             self.poller.listed(job_ids, folder)
             self.poller.seed()
         self.stats.warmup_seconds = time.monotonic() - started
+        self.stats.warm_start_sessions = len(taken)
+        if taken:
+            self._recheck_at = time.monotonic() + WARM_START_RECHECK_S
         logger.info(
             "warm-up done",
             extra={
                 "sessions": self.store.session_count(),
                 "files": len(job_ids),
+                "from_warm_start": len(taken),
                 "seconds": round(self.stats.warmup_seconds, 3),
             },
         )
+        if self.warm_start and stale > WARM_START_STALE_SHARE * len(job_ids):
+            self._warm_start_writer = threading.Thread(
+                target=self._write_warm_start, args=(records, started_ns), name="sessions-warm-start", daemon=True
+            )
+            self._warm_start_writer.start()
+
+    def _warm_start_then_read(self, taken: list[LoadedFile], to_read: Collection[str]) -> Iterator[LoadedFile]:
+        """The sessions taken from the warm-start file, then every other file, read; a file that
+        is not a valid session is applied here."""
+        yield from taken
+        for job_id, outcome in self._read_many(to_read):
+            if isinstance(outcome, BaseException):
+                self._settle(job_id, outcome)
+            else:
+                yield outcome
+
+    # --- the warm-start file (app.store.warmstart) ---------------------------------------------------
+
+    def _read_warm_start(self) -> Future[warmstart.Contents]:
+        """Start reading the warm-start file in a thread of its own, while the folder is listed."""
+        reader = ThreadPoolExecutor(1, thread_name_prefix="sessions-warm-start", initializer=_lower_priority)
+        try:
+            return reader.submit(warmstart.read, self.root, self.settings.max_file_bytes)
+        finally:
+            reader.shutdown(wait=False)
+
+    def _warm_start_contents(self, reading: Future[warmstart.Contents]) -> warmstart.Contents | None:
+        try:
+            return reading.result()
+        except FileNotFoundError:
+            logger.info("no warm-start file: reading every session file", extra={"folder": str(self.root)})
+        except Exception as exc:  # unreadable, not whole (WarmStartError), or a surprise: never trusted
+            logger.warning(
+                "cannot use the warm-start file: reading every session file",
+                extra={"path": str(warmstart.path(self.root)), "error": str(exc) or type(exc).__name__},
+            )
+        return None
+
+    def _take_from_warm_start(
+        self, job_ids: dict[str, int], records: dict[str, warmstart.Record]
+    ) -> tuple[list[LoadedFile], list[str], int]:
+        """The sessions whose file has the version the warm-start file holds, the job ids to
+        read from the folder, and how many files the warm-start file did not hold as they are
+        now. The files are stat-ed past the client's attribute cache, SCAN_STAT_THREADS at once
+        (round trips: the threads mostly wait); the documents are built here, in one thread, as
+        a warm-up from the folder builds them, which keeps the event loop's share of the CPU."""
+        known = [job_id for job_id in job_ids if job_id in records]
+        to_read = [job_id for job_id in job_ids if job_id not in records]
+        stale = len(to_read) + sum(1 for job_id in records if job_id not in job_ids)
+        taken: list[LoadedFile] = []
+        finished = self.store.finished_statuses
+        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parts = [known[index::SCAN_STAT_THREADS] for index in range(SCAN_STAT_THREADS)]
+            with ThreadPoolExecutor(
+                SCAN_STAT_THREADS, thread_name_prefix="sessions-warm-start", initializer=_lower_priority
+            ) as pool:
+                looked_at = pool.map(self._unchanged, parts, [records] * len(parts), [folder] * len(parts))
+                for unchanged, changed in looked_at:
+                    to_read += changed
+                    stale += len(changed)
+                    for job_id, st in unchanged:
+                        try:
+                            document, summary = sessionfile.build(job_id, records[job_id].body, st.st_mtime_ns)
+                        except InvalidSessionFile:
+                            to_read.append(job_id)
+                            continue
+                        # An unfinished session is read from the folder whatever its version: it
+                        # is what writers write to now, and a write of the last seconds may not
+                        # show in the attributes yet.
+                        if summary.status in finished:
+                            taken.append(LoadedFile(document, summary, signature(st), False, fileversion.version(st)))
+                        else:
+                            to_read.append(job_id)
+        finally:
+            os.close(folder)
+        return taken, to_read, stale
+
+    def _unchanged(
+        self, part: list[str], records: dict[str, warmstart.Record], folder: int
+    ) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+        """In one of the warm start's threads: of `part`, the files whose version is the one
+        `records` holds (with their metadata), and the job ids of the others (changed, gone,
+        not a plain file now, or too new to trust)."""
+        unchanged: list[tuple[str, os.stat_result]] = []
+        changed: list[str] = []
+        for job_id in part:
+            if self.stop_event.is_set():
+                changed.append(job_id)
+                continue
+            try:
+                st = fileversion.forced_lstat(job_id + sessionfile.SUFFIX, folder)
+            except OSError:
+                changed.append(job_id)  # gone, or the server failed: the read path decides
+                continue
+            if (
+                stat.S_ISREG(st.st_mode)
+                and fileversion.version(st) == records[job_id].version
+                and st.st_size <= self.settings.max_file_bytes
+                and not fileversion.is_racy(st)
+            ):
+                unchanged.append((job_id, st))
+            else:
+                changed.append(job_id)
+        return unchanged, changed
+
+    def _write_warm_start(self, records: list[tuple[str, Version, bytes]], started_ns: int) -> None:
+        """In a thread of its own, after the warm-up: leave what it read for the next replica,
+        unless another replica left a newer file meanwhile."""
+        _lower_priority()
+        outcome = "skipped"
+        newer = warmstart.written_at_ns(self.root)
+        if newer is None or newer < started_ns:
+            began = time.monotonic()
+            try:
+                size = warmstart.write(self.root, records, len(records))
+            except Exception as exc:  # read-only, full, the server gone: the next warm-up reads every file
+                outcome = "failed"
+                logger.warning(
+                    "cannot write the warm-start file: the next replica to start reads every session file",
+                    extra={"path": str(warmstart.path(self.root)), "error": str(exc) or type(exc).__name__},
+                )
+            else:
+                outcome = "written"
+                logger.info(
+                    "warm-start file written",
+                    extra={
+                        "path": str(warmstart.path(self.root)),
+                        "sessions": len(records),
+                        "bytes": size,
+                        "seconds": round(time.monotonic() - began, 3),
+                    },
+                )
+        writes = self.stats.warm_start_writes
+        writes[outcome] = writes.get(outcome, 0) + 1
 
     def _list_until_listed(self) -> tuple[dict[str, int], tuple[int, int, int] | None] | None:
         """The folder's session files (job id -> inode number, in directory order, without a
@@ -395,7 +562,7 @@ class Reconciler:
             return listing, folder
         return None
 
-    def _read_many(self, job_ids: dict[str, int]) -> Iterator[tuple[str, LoadedFile | BaseException]]:
+    def _read_many(self, job_ids: Collection[str]) -> Iterator[tuple[str, LoadedFile | BaseException]]:
         """Read every file: in this thread on a local disk, by a bounded pool of readers on a
         network filesystem (a bounded number of chunks in flight, so memory stays bounded). The
         results come back here, to the store's only writer, in listing order."""
@@ -614,7 +781,7 @@ class Reconciler:
             return
         change = self.store.apply_loaded(loaded)
         if change is not Change.NONE:
-            lag = time.time() - loaded.mtime_ns / 1e9
+            lag = time.time() - loaded.version.mtime_ns / 1e9
             if 0 <= lag < 60:  # a copied file may keep an old modification time
                 self.on_reload_lag(lag)
         self._applied(change, job_id)
