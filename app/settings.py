@@ -43,6 +43,7 @@ class Settings:
     poll_interval_s: float = 0.5
     rescan_interval_s: float = 60.0
     warm_start: WarmStart = "auto"
+    warm_start_dir: Path | None = None  # None: .warmstart in the sessions folder
     api_token: str | None = None
     shutdown_delay_s: float = 0.0
     log_format: LogFormat = "json"
@@ -121,6 +122,17 @@ def _folder(raw: str) -> Path:
     if not os.access(path, os.R_OK | os.X_OK):
         raise ValueError(f"folder {raw!r} is not readable")
     return path.resolve()
+
+
+def _warm_start_folder(raw: str) -> Path:
+    """A folder the service writes the warm-start file in, created if its parent exists: on a
+    mount of its own, the sessions folder itself can stay read-only."""
+    path = Path(raw.strip()).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"expected an absolute path, got {raw.strip()!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"the folder {str(path.parent)!r} that would hold it does not exist")
+    return path
 
 
 def _milliseconds(minimum: int) -> Callable[[str], float]:
@@ -207,6 +219,12 @@ SETTINGS = (
         "warm_start",
         _choice("auto", "off"),
         "auto (on a network filesystem, start from the warm-start file a replica left in the folder) or off.",
+    ),
+    Setting(
+        "SESSIONS_WARM_START_DIR",
+        "warm_start_dir",
+        _warm_start_folder,
+        "Where replicas keep the warm-start file (shared by them; default: .warmstart in SESSIONS_DIR).",
     ),
     Setting(
         "SESSIONS_API_TOKEN",

@@ -65,12 +65,15 @@ def announcing(writer: SessionWriter) -> Write:
 
 
 def wait_warm_start_written(port: int) -> float:
-    """Seconds until the service reports the warm-start file written (or its write over)."""
+    """Seconds until the service reports the warm-start file written; an error if it reports
+    that it failed or skipped it (the restart's figure would then be a cold start's)."""
     started = time.monotonic()
     while time.monotonic() - started < READY_DEADLINE_S:
         _, _, body = probe.get(port, "/metrics")
         for line in body.decode().splitlines():
             if line.startswith("sessions_warm_start_writes_total{") and not line.endswith(" 0.0"):
+                if 'outcome="written"' not in line:
+                    raise RuntimeError(f"the warm-start file was not written: {line}")
                 return time.monotonic() - started
         time.sleep(0.2)
     raise TimeoutError("the warm-start file was not written")

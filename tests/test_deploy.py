@@ -345,10 +345,26 @@ def test_sessions_volume_is_shared_and_read_only() -> None:
     assert "subPath" not in mount, "a subPath mount does not see files renamed into place"
     claim = volume.get("persistentVolumeClaim")
     assert claim is not None, "the sessions folder comes from the shared claim"
-    assert claim.get("readOnly") is True
+    # Not read-only as a whole: the warm-start folder, a subfolder of it, is written (below).
+    writable = [m for m in container()["volumeMounts"] if m["name"] == volume["name"] and not m.get("readOnly")]
+    assert [(m["subPath"], m["mountPath"]) for m in writable] == [
+        (".warmstart", container_env()["SESSIONS_WARM_START_DIR"])
+    ]
     pvc = resource("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == claim["claimName"]
     assert set(pvc["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}, "replicas on many nodes share it"
+
+
+def test_the_warm_start_folder_is_shared_and_the_only_one_written() -> None:
+    """Replicas on many nodes start from the file one of them left (docs/network-volumes.md):
+    its folder is on the shared claim, and the sessions folder itself stays read-only."""
+    volume, _ = sessions_volume()
+    folder = container_env()["SESSIONS_WARM_START_DIR"]
+    [mount] = [m for m in container()["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["name"] == volume["name"] and mount["subPath"] == ".warmstart"
+    assert not mount.get("readOnly")
+    assert container_env().get("SESSIONS_WARM_START", "auto") == "auto"
+    assert Path(folder).is_absolute() and Path(folder).parent == Path(container_env()["SESSIONS_DIR"]).parent
 
 
 def test_network_volume_is_polled() -> None:

@@ -25,6 +25,7 @@ def test_defaults(sessions_dir: Path) -> None:
     assert (settings.log_format, settings.log_level) == ("json", "info")
     assert settings.keepalive_s == 75
     assert settings.graceful_timeout_s == 20
+    assert (settings.warm_start, settings.warm_start_dir) == ("auto", None)  # None: .warmstart in SESSIONS_DIR
 
 
 def test_values_are_read(sessions_dir: Path, tmp_path: Path) -> None:
@@ -45,6 +46,8 @@ def test_values_are_read(sessions_dir: Path, tmp_path: Path) -> None:
             "SESSIONS_LOG_LEVEL": "warning",
             "SESSIONS_KEEPALIVE_S": "90",
             "SESSIONS_GRACEFUL_TIMEOUT_S": "30",
+            "SESSIONS_WARM_START": "off",
+            "SESSIONS_WARM_START_DIR": str(tmp_path / "warm-start"),
         }
     )
     assert (settings.cache_max_entries, settings.cache_max_bytes, settings.max_file_bytes) == (10, 1000, 500)
@@ -52,6 +55,7 @@ def test_values_are_read(sessions_dir: Path, tmp_path: Path) -> None:
     assert settings.api_token == "s3cret"
     assert (settings.shutdown_delay_s, settings.keepalive_s, settings.graceful_timeout_s) == (5, 90, 30)
     assert (settings.log_format, settings.log_level) == ("text", "warning")
+    assert (settings.warm_start, settings.warm_start_dir) == ("off", tmp_path / "warm-start")
 
 
 def test_finished_statuses(sessions_dir: Path) -> None:
@@ -73,6 +77,9 @@ BAD_SETTINGS = [
     ("SESSIONS_WATCH", "inotify", "one of auto, poll, native, off"),
     ("SESSIONS_POLL_INTERVAL_MS", "1.5", "whole number"),
     ("SESSIONS_RESCAN_INTERVAL_S", "-5", "at least 0"),
+    ("SESSIONS_WARM_START", "on", "one of auto, off"),
+    ("SESSIONS_WARM_START_DIR", "relative/warm-start", "absolute path"),
+    ("SESSIONS_WARM_START_DIR", "/no/such/parent/warm-start", "does not exist"),
     ("SESSIONS_SHUTDOWN_DELAY_S", "nan", "finite"),
     ("SESSIONS_LOG_FORMAT", "xml", "one of json, text"),
     ("SESSIONS_LOG_LEVEL", "loud", "one of"),

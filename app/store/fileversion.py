@@ -59,7 +59,8 @@ def too_large(max_bytes: int, size: int | None = None) -> str:
 class Version(NamedTuple):
     """What a file's version is known by on every machine that mounts the folder (an inode
     number is not: a FUSE client numbers its own). A write sets the times; the change time, which
-    no writer can set back, also changes when a file is replaced or its times are."""
+    no writer can set back, also changes when a file is replaced or its times are (where the
+    filesystem keeps one: SFTP has none, and sshfs reports the modification time instead)."""
 
     size: int
     mtime_ns: int

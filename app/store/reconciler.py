@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from app.errors import InvalidSessionFile, TransientReadError
 from app.settings import Settings
@@ -71,13 +71,30 @@ SERVE_EVERY = 1024
 # folder's files were not in it or had changed: its cost (one write of every session) follows
 # what changed, and a folder that barely changes is not rewritten at every start.
 WARM_START_STALE_SHARE = 0.05
-# After a warm-up that took sessions from the warm-start file, a full rescan this soon: a
-# file changed in the seconds before the start may show its old attributes while the client's
-# own cache holds them (sshfs's 3-4 s, which no forced stat passes), and so match its old
-# version in the file. Past that cache, the rescan sees the change.
-WARM_START_RECHECK_S = 5.0
+# After a warm-up that took sessions from the warm-start file, full rescans this long after
+# it is done, whatever SESSIONS_RESCAN_INTERVAL_S says: a file changed in the seconds before the
+# start may show its old attributes while a FUSE daemon's own cache holds them (no forced stat
+# passes it: sshfs's is 3-4 s as the benchmarks mount it, 20 s by default), and so match its
+# old version in the file. Past that cache, a rescan sees the change.
+WARM_START_RECHECKS_S = (5.0, 30.0)
+# Stats of the warm start handed to a thread at a time: the documents of one batch are built
+# while the next is stat-ed.
+WARM_START_STAT_BATCH = 512
+
+
+class WarmStart(NamedTuple):
+    """What the warm-up takes from the warm-start file, and what it reads from the folder."""
+
+    taken: list[LoadedFile]
+    to_read: Collection[str]
+    stale: int  # files the warm-start file did not hold as they are now
+
 
 T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The service stops: a warm-start file being written is abandoned."""
 
 
 def _always() -> bool:
@@ -133,8 +150,9 @@ class Reconciler:
         self.network = not events_trusted(self.watch.filesystem) and self.watch.filesystem != "unknown"
         # On a network filesystem the warm-up starts from the file a replica left (app.store.warmstart).
         self.warm_start = self.network and settings.warm_start == "auto"
+        self.warm_start_dir = settings.warm_start_dir or self.root / warmstart.FOLDER
         self._warm_start_writer: threading.Thread | None = None
-        self._recheck_at: float | None = None  # a rescan soon after a warm start
+        self._rechecks: list[float] = []  # rescans soon after a warm start (monotonic times)
         self.poller: Poller | None = None
         # On a network filesystem a poll's folder operations (a listing, a stat per hot file:
         # each a round trip) take up to seconds: they run in a thread of their own while this
@@ -251,10 +269,10 @@ class Reconciler:
             return
         self.ready.set()
         self.on_applied()  # the history begins: streams can open
+        if self._warm_start_writer is not None:
+            self._warm_start_writer.start()
         rescan_interval = self.settings.rescan_interval_s
-        next_rescan = time.monotonic() + rescan_interval if rescan_interval else None
-        if self._recheck_at is not None:
-            next_rescan = min(self._recheck_at, next_rescan if next_rescan is not None else math.inf)
+        next_rescan = self._next_rescan(rescan_interval)
         next_poll: float | None = None
         while not self.stop_event.is_set():
             now = time.monotonic()
@@ -279,7 +297,7 @@ class Reconciler:
                 now = time.monotonic()
                 if rescan or (next_rescan is not None and now >= next_rescan):
                     self._start_rescan()
-                    next_rescan = time.monotonic() + rescan_interval if rescan_interval else None
+                    next_rescan = self._next_rescan(rescan_interval)
                 elif next_poll is not None and now >= next_poll:
                     self._poll()
                     next_poll = max(now + self.settings.poll_interval_s, time.monotonic())
@@ -290,6 +308,13 @@ class Reconciler:
             finally:
                 self._busy_since = None
                 self._announce()
+
+    def _next_rescan(self, interval: float) -> float | None:
+        """When the next rescan is due: the interval's, or a recheck after a warm start's."""
+        now = time.monotonic()
+        self._rechecks = [moment for moment in self._rechecks if moment > now]
+        due = self._rechecks[:1] + ([now + interval] if interval else [])
+        return min(due) if due else None
 
     def _polling(self) -> bool:
         if self.poller is None:
@@ -364,54 +389,63 @@ class Reconciler:
             gc.freeze()
 
     def _load_everything(self) -> None:
-        started, started_ns = time.monotonic(), time.time_ns()
+        started = time.monotonic()
+        # The warm-start file's own version before it is read: whether another replica writes
+        # one meanwhile is told by it, on the file server's clock alone.
+        seen = warmstart.current_version(self.warm_start_dir) if self.warm_start else None
         reading = self._read_warm_start() if self.warm_start else None
         listing = self._list_until_listed()
         if listing is None:
             return  # stopped
         job_ids, folder = listing
-        taken: list[LoadedFile] = []
-        to_read: Collection[str] = job_ids
-        stale = len(job_ids)  # files the warm-start file did not hold as they are now
-        if reading is not None:
-            contents = self._warm_start_contents(reading)
-            if contents is not None:
-                taken, to_read, stale = self._take_from_warm_start(job_ids, contents.records)
-        # What the next warm-start file would hold: every version read that no write can share.
-        records: list[tuple[str, Version, bytes]] = []
+        start = self._start_from_warm_start(reading, job_ids)
+        # The version of every file read that no later write can share: what the next
+        # warm-start file may hold (with the documents the cache keeps).
+        versions: dict[str, Version] = {}
         batch: list[LoadedFile] = []
-        for loaded in self._warm_start_then_read(taken, to_read):
-            if not loaded.racy:
-                records.append((loaded.document.job_id, loaded.version, loaded.document.body))
+        for loaded in self._warm_start_then_read(start.taken, start.to_read):
+            if self.warm_start and not loaded.racy:
+                versions[loaded.document.job_id] = loaded.version
             batch.append(loaded)
             if len(batch) == WARM_BATCH:
                 self.store.warm(batch)
                 batch = []
                 if self.stop_event.is_set():
                     return
+        if self.stop_event.is_set():
+            return
         self.store.warm(batch)
         self.store.finish_warm_up()
         if self.poller is not None:
             self.poller.listed(job_ids, folder)
             self.poller.seed()
         self.stats.warmup_seconds = time.monotonic() - started
-        self.stats.warm_start_sessions = len(taken)
-        if taken:
-            self._recheck_at = time.monotonic() + WARM_START_RECHECK_S
+        self.stats.warm_start_sessions = len(start.taken)
+        if start.taken:
+            done = time.monotonic()
+            self._rechecks = [done + after for after in WARM_START_RECHECKS_S]
         logger.info(
             "warm-up done",
             extra={
                 "sessions": self.store.session_count(),
                 "files": len(job_ids),
-                "from_warm_start": len(taken),
+                "from_warm_start": len(start.taken),
                 "seconds": round(self.stats.warmup_seconds, 3),
             },
         )
-        if self.warm_start and stale > WARM_START_STALE_SHARE * len(job_ids):
+        if self.warm_start and start.stale > WARM_START_STALE_SHARE * len(job_ids):
+            # Only what the cache holds: memory stays bounded by the cache's limits, and what
+            # it does not hold the next replica reads from the folder. (Nothing has changed
+            # since these versions were read: this thread is the store's only writer.) Written
+            # once the service is ready (`_run`).
+            records = [
+                (job_id, version, document.body)
+                for job_id, version in versions.items()
+                if (document := self.store.current_document(job_id)) is not None
+            ]
             self._warm_start_writer = threading.Thread(
-                target=self._write_warm_start, args=(records, started_ns), name="sessions-warm-start", daemon=True
+                target=self._write_warm_start, args=(records, seen), name="sessions-warm-start", daemon=True
             )
-            self._warm_start_writer.start()
 
     def _warm_start_then_read(self, taken: list[LoadedFile], to_read: Collection[str]) -> Iterator[LoadedFile]:
         """The sessions taken from the warm-start file, then every other file, read; a file that
@@ -429,7 +463,9 @@ class Reconciler:
         """Start reading the warm-start file in a thread of its own, while the folder is listed."""
         reader = ThreadPoolExecutor(1, thread_name_prefix="sessions-warm-start", initializer=_lower_priority)
         try:
-            return reader.submit(warmstart.read, self.root, self.settings.max_file_bytes)
+            settings = self.settings
+            limits = warmstart.Limits(settings.max_file_bytes, settings.cache_max_entries, settings.cache_max_bytes)
+            return reader.submit(warmstart.read, self.warm_start_dir, limits)
         finally:
             reader.shutdown(wait=False)
 
@@ -441,31 +477,46 @@ class Reconciler:
         except Exception as exc:  # unreadable, not whole (WarmStartError), or a surprise: never trusted
             logger.warning(
                 "cannot use the warm-start file: reading every session file",
-                extra={"path": str(warmstart.path(self.root)), "error": str(exc) or type(exc).__name__},
+                extra={"path": str(warmstart.path(self.warm_start_dir)), "error": str(exc) or type(exc).__name__},
             )
         return None
 
-    def _take_from_warm_start(
-        self, job_ids: dict[str, int], records: dict[str, warmstart.Record]
-    ) -> tuple[list[LoadedFile], list[str], int]:
-        """The sessions whose file has the version the warm-start file holds, the job ids to
-        read from the folder, and how many files the warm-start file did not hold as they are
-        now. The files are stat-ed past the client's attribute cache, SCAN_STAT_THREADS at once
-        (round trips: the threads mostly wait); the documents are built here, in one thread, as
-        a warm-up from the folder builds them, which keeps the event loop's share of the CPU."""
+    def _start_from_warm_start(self, reading: Future[warmstart.Contents] | None, job_ids: dict[str, int]) -> WarmStart:
+        """What to take from the warm-start file (nothing when there is none, it cannot be used
+        or taking from it fails: then every file is read, as without it)."""
+        everything = WarmStart([], job_ids, len(job_ids))
+        if reading is None:
+            return everything
+        contents = self._warm_start_contents(reading)
+        if contents is None:
+            return everything
+        try:
+            return self._take_from_warm_start(job_ids, contents.records)
+        except Exception:  # the server gone between the listing and the stats, or a surprise
+            logger.exception("cannot start from the warm-start file: reading every session file")
+            return everything
+
+    def _take_from_warm_start(self, job_ids: dict[str, int], records: dict[str, warmstart.Record]) -> WarmStart:
+        """The sessions whose file has the version the warm-start file holds. The files are
+        stat-ed past the client's attribute cache, SCAN_STAT_THREADS at once (round trips: the
+        threads mostly wait); the documents are built here, in one thread, as a warm-up from the
+        folder builds them, which keeps the event loop's share of the CPU."""
         known = [job_id for job_id in job_ids if job_id in records]
         to_read = [job_id for job_id in job_ids if job_id not in records]
         stale = len(to_read) + sum(1 for job_id in records if job_id not in job_ids)
         taken: list[LoadedFile] = []
         finished = self.store.finished_statuses
+        batches = [
+            known[start : start + WARM_START_STAT_BATCH] for start in range(0, len(known), WARM_START_STAT_BATCH)
+        ]
         folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            parts = [known[index::SCAN_STAT_THREADS] for index in range(SCAN_STAT_THREADS)]
             with ThreadPoolExecutor(
                 SCAN_STAT_THREADS, thread_name_prefix="sessions-warm-start", initializer=_lower_priority
             ) as pool:
-                looked_at = pool.map(self._unchanged, parts, [records] * len(parts), [folder] * len(parts))
-                for unchanged, changed in looked_at:
+                for unchanged, changed in pool.map(
+                    self._unchanged, batches, [records] * len(batches), [folder] * len(batches)
+                ):
                     to_read += changed
                     stale += len(changed)
                     for job_id, st in unchanged:
@@ -483,17 +534,17 @@ class Reconciler:
                             to_read.append(job_id)
         finally:
             os.close(folder)
-        return taken, to_read, stale
+        return WarmStart(taken, to_read, stale)
 
     def _unchanged(
-        self, part: list[str], records: dict[str, warmstart.Record], folder: int
+        self, batch: list[str], records: dict[str, warmstart.Record], folder: int
     ) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
-        """In one of the warm start's threads: of `part`, the files whose version is the one
+        """In one of the warm start's threads: of `batch`, the files whose version is the one
         `records` holds (with their metadata), and the job ids of the others (changed, gone,
         not a plain file now, or too new to trust)."""
         unchanged: list[tuple[str, os.stat_result]] = []
         changed: list[str] = []
-        for job_id in part:
+        for job_id in batch:
             if self.stop_event.is_set():
                 changed.append(job_id)
                 continue
@@ -513,28 +564,29 @@ class Reconciler:
                 changed.append(job_id)
         return unchanged, changed
 
-    def _write_warm_start(self, records: list[tuple[str, Version, bytes]], started_ns: int) -> None:
-        """In a thread of its own, after the warm-up: leave what it read for the next replica,
-        unless another replica left a newer file meanwhile."""
+    def _write_warm_start(self, records: list[tuple[str, Version, bytes]], seen: Version | None) -> None:
+        """In a thread of its own, once the service is ready: leave what the warm-up read for
+        the next replica, unless another replica left one since this warm-up began."""
         _lower_priority()
         outcome = "skipped"
-        newer = warmstart.written_at_ns(self.root)
-        if newer is None or newer < started_ns:
+        if warmstart.current_version(self.warm_start_dir) == seen:
             began = time.monotonic()
             try:
-                size = warmstart.write(self.root, records, len(records))
+                size = warmstart.write(self.warm_start_dir, self._until_stopped(records), len(records))
+            except _Stopped:
+                return  # the service is stopping: the temporary file is gone, the old file stays
             except Exception as exc:  # read-only, full, the server gone: the next warm-up reads every file
                 outcome = "failed"
                 logger.warning(
                     "cannot write the warm-start file: the next replica to start reads every session file",
-                    extra={"path": str(warmstart.path(self.root)), "error": str(exc) or type(exc).__name__},
+                    extra={"path": str(warmstart.path(self.warm_start_dir)), "error": str(exc) or type(exc).__name__},
                 )
             else:
                 outcome = "written"
                 logger.info(
                     "warm-start file written",
                     extra={
-                        "path": str(warmstart.path(self.root)),
+                        "path": str(warmstart.path(self.warm_start_dir)),
                         "sessions": len(records),
                         "bytes": size,
                         "seconds": round(time.monotonic() - began, 3),
@@ -542,6 +594,12 @@ class Reconciler:
                 )
         writes = self.stats.warm_start_writes
         writes[outcome] = writes.get(outcome, 0) + 1
+
+    def _until_stopped(self, records: list[tuple[str, Version, bytes]]) -> Iterator[tuple[str, Version, bytes]]:
+        for count, record in enumerate(records):
+            if count % WARM_BATCH == 0 and self.stop_event.is_set():
+                raise _Stopped
+            yield record
 
     def _list_until_listed(self) -> tuple[dict[str, int], tuple[int, int, int] | None] | None:
         """The folder's session files (job id -> inode number, in directory order, without a

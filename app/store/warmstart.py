@@ -3,10 +3,11 @@
 On a network volume a warm-up that reads every file costs round trips and the file server's CPU
 per file (on the sshfs stand-in of the benchmarks, 100,000 files take about ten times as long as
 on a local disk). A replica that has read them all writes, once, what it read into
-`.warmstart/sessions` in the folder: each session's bytes and the version of its file they came
-from (size, modification and change times). The next replica to start reads that one file, lists
-and stats the folder, takes from it each session whose file has the same version now, and reads
-the rest from the folder (docs/network-volumes.md, "Warm start").
+`.warmstart/sessions` in the sessions folder (or in SESSIONS_WARM_START_DIR): each session's
+bytes and the version of its file they came from (size, modification and change times). The
+next replica to start reads that one file, lists and stats the folder, takes from it each
+session whose file has the same version now, and reads the rest from the folder
+(docs/network-volumes.md, "Warm start").
 
 The file is a cache, never the truth: one whose version differs is read again, only versions
 old enough that no later write can share their times are written (the racy rule of
@@ -20,15 +21,18 @@ warm-up then reads every file, as it would without it). The format (all integers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import stat
 import struct
 import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
+from app.store import fileversion
 from app.store.fileversion import Version
 from app.store.sessionfile import is_job_id
 
@@ -41,6 +45,7 @@ RECORD = struct.Struct("<HIqqq")
 MAX_RECORDS = 100_000_000  # a header claiming more is not one of ours
 COMPRESSION_LEVEL = 1  # sessions' JSON shrinks about 5x at level 1, in a second per 200 MB
 READ_CHUNK = 1 << 20
+DECOMPRESSED_CHUNK = 8 << 20
 # A temporary file this old was left by a writer that died: the next writer removes it.
 ABANDONED_AFTER_S = 3600.0
 
@@ -55,62 +60,98 @@ class Record(NamedTuple):
 
 
 class Contents(NamedTuple):
-    written_at_ns: int
+    version: Version  # of the warm-start file itself: another replica's write changes it
     records: dict[str, Record]
 
 
-def path(root: Path) -> Path:
-    return root / FOLDER / NAME
+def path(folder: Path) -> Path:
+    """The warm-start file in `folder` (SESSIONS_WARM_START_DIR, `.warmstart` in the sessions
+    folder by default)."""
+    return folder / NAME
 
 
-def read(root: Path, max_body_bytes: int) -> Contents:
+class Limits(NamedTuple):
+    """What a reader holds at most: the file's records become the cache's documents, so the
+    cache's bounds bound them (a replica writes only what its cache holds)."""
+
+    body_bytes: int  # SESSIONS_MAX_FILE_BYTES
+    records: int  # SESSIONS_CACHE_MAX_ENTRIES
+    total_bytes: int  # SESSIONS_CACHE_MAX_BYTES
+
+
+def read(folder: Path, limits: Limits) -> Contents:
     """The warm-start file's records. Raises FileNotFoundError when there is none, OSError when
-    it cannot be read, WarmStartError when it is not whole or not of this format."""
-    with open(path(root), "rb", buffering=0) as file:
+    it cannot be read, WarmStartError when it is not whole, not of this format, or holds more
+    than `limits` allow."""
+    with _open_file(folder) as (file, version):
         head = _read_exactly(file, len(MAGIC) + HEADER.size)
         if head[: len(MAGIC)] != MAGIC:
             raise WarmStartError("not a warm-start file of this version")
-        written_at_ns, count = HEADER.unpack_from(head, len(MAGIC))
-        if count > MAX_RECORDS:
-            raise WarmStartError(f"claims {count} records")
-        records = dict(_records(_decompressed(file), count, max_body_bytes))
+        _, count = HEADER.unpack_from(head, len(MAGIC))
+        if count > min(MAX_RECORDS, limits.records):
+            raise WarmStartError(f"{count} records, more than the cache holds ({limits.records})")
+        records = dict(_records(_decompressed(file), count, limits))
     if len(records) != count:
         raise WarmStartError(f"{len(records)} distinct records, the header says {count}")
-    return Contents(written_at_ns, records)
+    return Contents(version, records)
 
 
-def _read_exactly(file: object, size: int) -> bytes:
-    data = file.read(size)  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _open_file(folder: Path) -> Iterator[tuple[BinaryIO, Version]]:
+    """The warm-start file, open for reading, and its version. Neither its folder nor the file
+    may be a link, and the file must be a regular one: a FIFO put there would otherwise block
+    the warm-up for ever (hence O_NONBLOCK, which a regular file ignores)."""
+    folder_fd = _open_folder(folder)
+    try:
+        fd = os.open(NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    with open(fd, "rb", buffering=0) as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise WarmStartError("not a regular file")
+        yield file, fileversion.version(st)
+
+
+def _read_exactly(file: BinaryIO, size: int) -> bytes:
+    data = file.read(size)
     if len(data) != size:
         raise WarmStartError("truncated")
-    return bytes(data)
+    return data
 
 
-def _decompressed(file: object) -> Iterator[bytes]:
-    """The zlib stream's bytes, chunk by chunk; raises WarmStartError unless it ends exactly at
-    the end of the file (zlib checks the stream's own checksum at its end)."""
+def _decompressed(file: BinaryIO) -> Iterator[bytes]:
+    """The zlib stream's bytes, at most DECOMPRESSED_CHUNK at a time (a few compressed bytes
+    can stand for gigabytes); raises WarmStartError unless the stream ends exactly at the end
+    of the file (zlib checks the stream's own checksum at its end)."""
     stream = zlib.decompressobj()
     while not stream.eof:
-        chunk = file.read(READ_CHUNK)  # type: ignore[attr-defined]
-        if not chunk:
+        pending = file.read(READ_CHUNK)
+        if not pending:
             raise WarmStartError("truncated")
-        try:
-            yield stream.decompress(chunk)
-        except zlib.error as exc:
-            raise WarmStartError(f"corrupt: {exc}") from exc
-    if stream.unused_data or file.read(1):  # type: ignore[attr-defined]
+        while pending and not stream.eof:
+            try:
+                yield stream.decompress(pending, DECOMPRESSED_CHUNK)
+            except zlib.error as exc:
+                raise WarmStartError(f"corrupt: {exc}") from exc
+            pending = stream.unconsumed_tail
+    if stream.unused_data or file.read(1):
         raise WarmStartError("bytes after the end of the records")
 
 
-def _records(chunks: Iterator[bytes], count: int, max_body_bytes: int) -> Iterator[tuple[str, Record]]:
+def _records(chunks: Iterator[bytes], count: int, limits: Limits) -> Iterator[tuple[str, Record]]:
     buffer = bytearray()
     offset = 0
+    total = 0
     for _ in range(count):
         while len(buffer) - offset < RECORD.size:
             offset = _refill(buffer, offset, chunks)
         id_length, body_length, size, mtime_ns, ctime_ns = RECORD.unpack_from(buffer, offset)
-        if body_length > max_body_bytes or size > max_body_bytes + 3:  # + 3: a byte order mark
+        if body_length > limits.body_bytes or size > limits.body_bytes + 3:  # + 3: a byte order mark
             raise WarmStartError("a record larger than SESSIONS_MAX_FILE_BYTES")
+        total += body_length
+        if total > limits.total_bytes:
+            raise WarmStartError(f"more bytes of documents than the cache holds ({limits.total_bytes})")
         end = offset + RECORD.size + id_length + body_length
         while len(buffer) < end:
             offset = _refill(buffer, offset, chunks)
@@ -119,7 +160,8 @@ def _records(chunks: Iterator[bytes], count: int, max_body_bytes: int) -> Iterat
         job_id = buffer[start : start + id_length].decode("ascii", errors="replace")
         if not is_job_id(job_id):
             raise WarmStartError("a record whose job id is not one")
-        yield job_id, Record(Version(size, mtime_ns, ctime_ns), bytes(buffer[start + id_length : end]))
+        body = memoryview(buffer)[start + id_length : end].tobytes()  # one copy, exactly its bytes
+        yield job_id, Record(Version(size, mtime_ns, ctime_ns), body)
         offset = end
     if offset != len(buffer) or any(chunks):
         raise WarmStartError("more bytes than records")
@@ -135,65 +177,78 @@ def _refill(buffer: bytearray, offset: int, chunks: Iterator[bytes]) -> int:
     return 0
 
 
-def write(root: Path, records: Iterable[tuple[str, Version, bytes]], count: int) -> int:
+def _open_folder(folder: Path) -> int:
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def write(warm_start_folder: Path, records: Iterable[tuple[str, Version, bytes]], count: int) -> int:
     """Write `count` records atomically (a temporary file in the folder, fsync, rename) and
-    return the file's size. Raises OSError when the folder is read-only, full or gone."""
-    folder = root / FOLDER
-    folder.mkdir(exist_ok=True)
-    _remove_abandoned(folder)
-    temporary = folder / f"{NAME}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
-    written = 0
+    return the file's size. The folder is created if its parent exists. Raises OSError when it
+    is read-only, full or gone, or is not a folder of its own (a link is never followed: the
+    service writes nowhere else)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(warm_start_folder)
+    folder = _open_folder(warm_start_folder)
     try:
-        with open(temporary, "wb") as file:
-            file.write(MAGIC + HEADER.pack(time.time_ns(), count))
-            stream = zlib.compressobj(COMPRESSION_LEVEL)
-            pending: list[bytes] = []
-            pending_bytes = 0
-            for job_id, version, body in records:
-                written += 1
-                name = job_id.encode("ascii")
-                pending += (RECORD.pack(len(name), len(body), *version), name, body)
-                pending_bytes += len(body)
-                if pending_bytes >= READ_CHUNK:
-                    file.write(stream.compress(b"".join(pending)))
-                    pending, pending_bytes = [], 0
-            file.write(stream.compress(b"".join(pending)) + stream.flush())
-            if written != count:
-                raise ValueError(f"{written} records given, {count} announced")
-            file.flush()
-            os.fsync(file.fileno())
-            size = file.tell()
-        os.replace(temporary, path(root))
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        _remove_abandoned(folder)
+        temporary = f"{NAME}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, 0o644, dir_fd=folder)
+        try:
+            with open(fd, "wb") as file:
+                _write_records(file, records, count)
+                file.flush()
+                os.fsync(fd)
+                size = file.tell()
+            os.replace(temporary, NAME, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
     return size
 
 
-def written_at_ns(root: Path) -> int | None:
-    """When the warm-start file there now was written (its header), or None if there is none
-    or it is not one: one small read, to decide whether writing another is worth it."""
+def _write_records(file: BinaryIO, records: Iterable[tuple[str, Version, bytes]], count: int) -> None:
+    file.write(MAGIC + HEADER.pack(time.time_ns(), count))
+    stream = zlib.compressobj(COMPRESSION_LEVEL)
+    pending: list[bytes] = []
+    pending_bytes = written = 0
+    for job_id, version, body in records:
+        written += 1
+        name = job_id.encode("ascii")
+        pending += (RECORD.pack(len(name), len(body), *version), name, body)
+        pending_bytes += len(body)
+        if pending_bytes >= READ_CHUNK:
+            file.write(stream.compress(b"".join(pending)))
+            pending, pending_bytes = [], 0
+    file.write(stream.compress(b"".join(pending)) + stream.flush())
+    if written != count:
+        raise ValueError(f"{written} records given, {count} announced")
+
+
+def current_version(folder: Path) -> Version | None:
+    """The version of the warm-start file there now, None if there is none: compared with the
+    one read at start-up, it tells whether another replica wrote one since (on the file
+    server's clock alone)."""
     try:
-        with open(path(root), "rb", buffering=0) as file:
-            head = file.read(len(MAGIC) + HEADER.size)
+        st = os.stat(path(folder), follow_symlinks=False)
     except OSError:
         return None
-    if len(head) != len(MAGIC) + HEADER.size or not head.startswith(MAGIC):
-        return None
-    written: int = HEADER.unpack_from(head, len(MAGIC))[0]
-    return written
+    return fileversion.version(st)
 
 
-def _remove_abandoned(folder: Path) -> None:
+def _remove_abandoned(folder: int) -> None:
     cutoff = time.time() - ABANDONED_AFTER_S
     try:
-        entries = list(os.scandir(folder))
+        names = os.listdir(folder)
     except OSError:
         return
-    for entry in entries:
-        if entry.name.endswith(TEMPORARY_SUFFIX):
+    for name in names:
+        if name.endswith(TEMPORARY_SUFFIX):
             try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
+                if os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(name, dir_fd=folder)
             except OSError:
                 pass  # another writer's, removed meanwhile
