@@ -4,6 +4,7 @@ are valid, 1 when any is invalid, 2 when the folder cannot be read."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,3 +127,12 @@ def test_it_says_how_the_service_would_watch_the_folder(sessions_dir: Path) -> N
     forced = run_check(sessions_dir, env={"SESSIONS_WATCH": "poll"})
     assert "watch: poll (SESSIONS_WATCH=poll; the folder is on " in forced.stderr
     assert forced.stdout == ""  # stdout lists invalid files only
+
+
+def test_it_says_what_a_start_would_take_from_the_warm_start_file(sessions_dir: Path) -> None:
+    """Not used on a local disk, off when set so. (On a network mount it reads the file and says
+    how many sessions it holds: tests/test_network_volume.py.)"""
+    result = run_check(sessions_dir)
+    assert re.search(r"^warm start: not used: the folder is on \S+, not a network filesystem$", result.stderr, re.M)
+    off = run_check(sessions_dir, env={"SESSIONS_WARM_START": "off"})
+    assert "warm start: off (SESSIONS_WARM_START=off): every start reads every file" in off.stderr

@@ -6,6 +6,7 @@ away stops neither GETs from memory nor /livez, is reported truthfully, and is c
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,8 @@ def test_a_restart_starts_from_the_warm_start_file(
     )
     assert (server_side / ".warmstart" / "sessions").is_file()
     assert first.stop() == 0
+    result = run_check(network_folder.mount_path)
+    assert re.search(r"warm start: \S+/\.warmstart/sessions: 3[01] sessions, written \d+ s ago", result.stderr)
 
     changed = encode(session_doc("done-03", status="completed", result="rewritten"))
     write_atomic(server_side / "done-03.json", changed)

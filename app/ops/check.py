@@ -1,21 +1,22 @@
 """`python -m app check [DIR]`: validate a sessions folder offline, before pointing the service
 at it. Prints each invalid file with its reason, each `*.json` name that is not a job id (the
-service does not serve it), and how the service would watch the folder (native events or
-polling, and why); exit status 1 when any file is invalid, 2 when the folder
-cannot be read."""
+service does not serve it), how the service would watch the folder (native events or
+polling, and why) and what a start would take from the warm-start file; exit status 1 when any
+file is invalid, 2 when the folder cannot be read."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from app.errors import InvalidSessionFile, TransientReadError
-from app.settings import SettingsError, load_settings
-from app.store import sessionfile
-from app.store.watchmode import plan
+from app.settings import Settings, SettingsError, load_settings
+from app.store import sessionfile, warmstart
+from app.store.watchmode import events_trusted, plan
 
 ID_RULE = "1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
@@ -33,7 +34,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"{exc.variable}: {exc.problem}", file=sys.stderr)
         return 2
     root: Path = settings.sessions_dir
-    print(f"watch: {plan(settings.watch, root).describe()}", file=sys.stderr)
+    watch = plan(settings.watch, root)
+    print(f"watch: {watch.describe()}", file=sys.stderr)
+    print(f"warm start: {_warm_start(settings, watch.filesystem)}", file=sys.stderr)
     valid = invalid = unserved = 0
     try:
         names = sorted(os.listdir(root))
@@ -64,6 +67,25 @@ def main(argv: Sequence[str]) -> int:
         summary += f"; {unserved} *.json names not served (not job ids)"
     print(summary, file=sys.stderr)
     return 1 if invalid else 0
+
+
+def _warm_start(settings: Settings, filesystem: str) -> str:
+    """What a start would take from the warm-start file (docs/network-volumes.md, "Warm start")."""
+    if settings.warm_start == "off":
+        return "off (SESSIONS_WARM_START=off): every start reads every file"
+    if events_trusted(filesystem):
+        return f"not used: the folder is on {filesystem}, not a network filesystem"
+    folder = settings.warm_start_dir or settings.sessions_dir / warmstart.FOLDER
+    where = warmstart.path(folder)
+    limits = warmstart.Limits(settings.max_file_bytes, settings.cache_max_entries, settings.cache_max_bytes)
+    try:
+        contents = warmstart.read(folder, limits)
+    except FileNotFoundError:
+        return f"{where}: none yet (the first replica to warm up writes it)"
+    except Exception as exc:  # whatever it is, a start would not use it
+        return f"{where}: cannot be used ({exc}): the next start reads every file"
+    age_s = (time.time_ns() - contents.version.mtime_ns) / 1e9
+    return f"{where}: {len(contents.records)} sessions, written {age_s:.0f} s ago"
 
 
 def _printable(name: str) -> str:
