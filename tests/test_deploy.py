@@ -345,26 +345,70 @@ def test_sessions_volume_is_shared_and_read_only() -> None:
     assert "subPath" not in mount, "a subPath mount does not see files renamed into place"
     claim = volume.get("persistentVolumeClaim")
     assert claim is not None, "the sessions folder comes from the shared claim"
-    # Not read-only as a whole: the warm-start folder, a subfolder of it, is written (below).
-    writable = [m for m in container()["volumeMounts"] if m["name"] == volume["name"] and not m.get("readOnly")]
-    assert [(m["subPath"], m["mountPath"]) for m in writable] == [
-        (".warmstart", container_env()["SESSIONS_WARM_START_DIR"])
-    ]
+    assert claim.get("readOnly") is True
     pvc = resource("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == claim["claimName"]
     assert set(pvc["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}, "replicas on many nodes share it"
+    # Nothing to write to: the warm start stays off unless the component turns it on (below).
+    assert container_env().get("SESSIONS_WARM_START") == "off"
 
 
-def test_the_warm_start_folder_is_shared_and_the_only_one_written() -> None:
-    """Replicas on many nodes start from the file one of them left (docs/network-volumes.md):
-    its folder is on the shared claim, and the sessions folder itself stays read-only."""
-    volume, _ = sessions_volume()
-    folder = container_env()["SESSIONS_WARM_START_DIR"]
-    [mount] = [m for m in container()["volumeMounts"] if m["mountPath"] == folder]
-    assert mount["name"] == volume["name"] and mount["subPath"] == ".warmstart"
-    assert not mount.get("readOnly")
-    assert container_env().get("SESSIONS_WARM_START", "auto") == "auto"
-    assert Path(folder).is_absolute() and Path(folder).parent == Path(container_env()["SESSIONS_DIR"]).parent
+# --- the warm-start component ----------------------------------------------------------------------
+
+WARM_START = MANIFESTS / "warm-start"
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """Kubernetes' strategic merge, as far as the component's patch needs it: maps merge, lists
+    of named things merge by their key (volumeMounts by mountPath, the rest by name)."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(item, dict) for item in base + patch):
+        key = "mountPath" if any("mountPath" in item for item in base + patch) else "name"
+        merged_list = list(base)
+        for item in patch:
+            at = next((index for index, old in enumerate(merged_list) if old.get(key) == item.get(key)), None)
+            if at is None:
+                merged_list.append(item)
+            else:
+                merged_list[at] = strategic_merge(merged_list[at], item)
+        return merged_list
+    return patch
+
+
+def warm_started_deployment() -> dict[str, Any]:
+    kustomization = yaml.safe_load((WARM_START / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["kind"] == "Component"
+    [patch_path] = [patch["path"] for patch in kustomization["patches"]]
+    patch = yaml.safe_load((WARM_START / patch_path).read_text(encoding="utf-8"))
+    deployment = resource("Deployment")
+    assert (patch["kind"], patch["metadata"]["name"]) == (deployment["kind"], deployment["metadata"]["name"])
+    merged: dict[str, Any] = strategic_merge(deployment, patch)
+    return merged
+
+
+def test_the_warm_start_component_writes_one_shared_folder_and_nothing_else() -> None:
+    """With the component, replicas on many nodes start from the file one of them left
+    (docs/network-volumes.md, "Warm start"): its folder is a subfolder of the shared claim,
+    mounted read-write on its own; the sessions folder itself stays read-only."""
+    deployment = warm_started_deployment()
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    [container_spec] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container_spec["env"]}
+    assert env["SESSIONS_WARM_START"] == "auto"
+    folder = env["SESSIONS_WARM_START_DIR"]
+    mounts = {mount["mountPath"]: mount for mount in container_spec["volumeMounts"]}
+    sessions, warm = mounts[env["SESSIONS_DIR"]], mounts[folder]
+    assert sessions["readOnly"] is True and "subPath" not in sessions
+    assert warm["name"] == sessions["name"] and warm["subPath"] == ".warmstart" and not warm.get("readOnly")
+    assert not Path(folder).is_relative_to(env["SESSIONS_DIR"]), "a mount of its own, not one inside the read-only one"
+    writable = [mount for mount in container_spec["volumeMounts"] if not mount.get("readOnly")]
+    assert writable == [warm], "the pods write nowhere else"
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == sessions["name"]]
+    assert volume["persistentVolumeClaim"]["readOnly"] is False  # else both mounts are read-only
 
 
 def test_network_volume_is_polled() -> None:

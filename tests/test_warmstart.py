@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +94,16 @@ def test_many_records_cross_the_readers_chunks(tmp_path: Path) -> None:
     many = [(f"job-{n}", Version(n, n, n), os.urandom(n % 5000)) for n in range(3000)]  # incompressible: MiBs
     warmstart.write(tmp_path, many, len(many))
     assert warmstart.read(tmp_path, LIMITS).records == {job_id: warmstart.Record(v, body) for job_id, v, body in many}
+
+
+def test_a_large_file_that_compresses_well_is_read_in_pieces(tmp_path: Path) -> None:
+    """Tens of MiB of sessions from a few MiB of file: decompressed 8 MiB at a time, whole."""
+    body = encode(session_doc("x", status="completed", log="line of output\n" * 500))
+    many = [(f"job-{n}", Version(n, n, n), body.replace(b'"x"', f'"job-{n}"'.encode())) for n in range(5000)]
+    size = warmstart.write(tmp_path, many, len(many))
+    assert size < warmstart.DECOMPRESSED_CHUNK < sum(len(b) for _, _, b in many) // 2
+    assert warmstart.read(tmp_path, LIMITS).records == {job_id: warmstart.Record(v, b) for job_id, v, b in many}
+    assert warmstart.summary(tmp_path, LIMITS) == (warmstart.current_version(tmp_path), len(many))
 
 
 def test_none_there(tmp_path: Path) -> None:
@@ -185,12 +197,15 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_the_temporary_files_of_a_writer_that_died_are_removed(tmp_path: Path) -> None:
     folder = tmp_path / warmstart.FOLDER
     folder.mkdir()
-    abandoned, current = folder / "sessions.1.dead.tmp", folder / "sessions.2.busy.tmp"
+    abandoned, current = folder / "sessions.1.deadbeef.tmp", folder / "sessions.2.0badcafe.tmp"
+    foreign = folder / "job-7.json.tmp"  # not ours, however old: the folder may be shared
     abandoned.write_bytes(b"half")
     current.write_bytes(b"another replica writing now")
+    foreign.write_bytes(b"someone else's")
     os.utime(abandoned, (AN_HOUR_AGO - 60, AN_HOUR_AGO - 60))
+    os.utime(foreign, (AN_HOUR_AGO - 60, AN_HOUR_AGO - 60))
     warmstart.write(folder, records(), 3)
-    assert sorted(path.name for path in folder.iterdir()) == sorted([current.name, warmstart.NAME])
+    assert sorted(path.name for path in folder.iterdir()) == sorted([current.name, foreign.name, warmstart.NAME])
 
 
 # --- the warm-up -----------------------------------------------------------------------------------
@@ -434,3 +449,91 @@ def test_a_folder_of_its_own_leaves_the_sessions_folder_untouched(sessions_dir: 
     assert set(warmstart.read(own, LIMITS).records) == {"done-0", "done-1", "done-2"}
     _, again = warmed(sessions_dir, SESSIONS_WARM_START_DIR=str(own))
     assert again.stats.warm_start_sessions == 3
+
+
+def test_a_stop_as_the_warm_up_ends_stops_cleanly(sessions_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM after the last stop check of the warm-up: the writer was decided on, never
+    started, and stopping neither raises nor writes. (The moment is caught by wrapping
+    `finish_warm_up`: it cannot be hit on purpose otherwise.)"""
+    old(sessions_dir, "done", status="completed")
+    settings = load_settings({"SESSIONS_DIR": str(sessions_dir), "SESSIONS_WATCH": "poll"})
+    store = SessionStore(sessions_dir, cache_max_entries=1000, cache_max_bytes=10**8, max_file_bytes=10**6)
+    reconciler = Reconciler(store, settings, watch=NETWORK)
+    real_finish = store.finish_warm_up
+
+    def finish_then_stop() -> None:
+        real_finish()
+        reconciler.stop_event.set()
+
+    monkeypatch.setattr(store, "finish_warm_up", finish_then_stop)
+    reconciler.start()
+    reconciler._thread.join(30)
+    assert not reconciler._thread.is_alive() and not reconciler.ready.is_set()
+    reconciler.stop()
+    assert reconciler._warm_start_writer is not None and reconciler._warm_start_writer.ident is None
+    assert not warmstart.path(sessions_dir / warmstart.FOLDER).exists()
+
+
+def test_a_recheck_due_while_a_scan_runs_is_not_lost(sessions_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first recheck's scan outlives the second's moment (a big folder, a slow server: made
+    here by holding the first scan at a gate, which is mocked): another scan follows it, and sees
+    what the client's cache hid at the start (mocked as in the test above)."""
+    for n in range(5):
+        old(sessions_dir, f"done-{n}", status="completed")
+    written(warmed(sessions_dir)[1])
+    cached = os.stat(sessions_dir / "done-1.json", follow_symlinks=False)
+    real_lstat = fileversion.forced_lstat
+    monkeypatch.setattr(
+        fileversion, "forced_lstat", lambda name, dir_fd: cached if name == "done-1.json" else real_lstat(name, dir_fd)
+    )
+    monkeypatch.setattr(reconciler_module, "WARM_START_RECHECKS_S", (0.2, 0.5))
+    settings = load_settings(
+        {"SESSIONS_DIR": str(sessions_dir), "SESSIONS_WATCH": "poll", "SESSIONS_RESCAN_INTERVAL_S": "0"}
+    )
+    store = SessionStore(sessions_dir, cache_max_entries=1000, cache_max_bytes=10**8, max_file_bytes=10**6)
+    reconciler = Reconciler(store, settings, watch=NETWORK)
+    gate, scans = threading.Event(), []
+    real_scan = reconciler._scan_with_key
+
+    def held_scan() -> Any:
+        scans.append(time.monotonic())
+        if len(scans) == 1:
+            gate.wait(30)
+        return real_scan()
+
+    monkeypatch.setattr(reconciler, "_scan_with_key", held_scan)
+    reconciler.start()
+    try:
+        assert reconciler.ready.wait(30)
+        wait_until(lambda: len(scans) == 1, 30, what="the first recheck's scan")
+        changed = encode(session_doc("done-1", status="completed", result="changed after the first scan began"))
+        write_in_place(sessions_dir / "done-1.json", changed)
+        # The second recheck comes due while the first scan is held: a scan is owed after it.
+        wait_until(lambda: reconciler._rescan_again, 30, what="the second recheck, during the first scan")
+        assert len(scans) == 1
+        gate.set()
+        wait_until(lambda: served(store, "done-1") == changed, 30, what="the change, at the scan after the held one")
+        assert len(scans) == 2
+    finally:
+        gate.set()
+        reconciler.stop()
+
+
+def test_a_forged_record_of_a_racy_or_too_large_file_is_not_taken(sessions_dir: Path) -> None:
+    """The checks on the file's side: a version modified this very second is too new to trust,
+    and one larger than SESSIONS_MAX_FILE_BYTES is not a session, whatever the record says."""
+    put_session(sessions_dir, "new", status="completed")  # written now: racy
+    big = old(sessions_dir, "big", status="completed", padding="x" * 2000)
+    forged = encode(session_doc("new", status="completed", forged=True))
+    warmstart.write(
+        sessions_dir / warmstart.FOLDER,
+        [
+            ("new", fileversion.version(os.stat(sessions_dir / "new.json")), forged),
+            ("big", fileversion.version(os.stat(sessions_dir / "big.json")), big),
+        ],
+        2,
+    )
+    store, reconciler = warmed(sessions_dir, SESSIONS_MAX_FILE_BYTES=str(len(big) - 1))
+    assert reconciler.stats.warm_start_sessions == 0
+    assert served(store, "new") == (sessions_dir / "new.json").read_bytes() != forged
+    assert store.is_invalid("big")

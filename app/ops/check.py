@@ -79,13 +79,13 @@ def _warm_start(settings: Settings, filesystem: str) -> str:
     where = warmstart.path(folder)
     limits = warmstart.Limits(settings.max_file_bytes, settings.cache_max_entries, settings.cache_max_bytes)
     try:
-        contents = warmstart.read(folder, limits)
+        version, sessions = warmstart.summary(folder, limits)
     except FileNotFoundError:
         return f"{where}: none yet (the first replica to warm up writes it)"
     except Exception as exc:  # whatever it is, a start would not use it
         return f"{where}: cannot be used ({exc}): the next start reads every file"
-    age_s = (time.time_ns() - contents.version.mtime_ns) / 1e9
-    return f"{where}: {len(contents.records)} sessions, written {age_s:.0f} s ago"
+    age_s = (time.time_ns() - version.mtime_ns) / 1e9
+    return f"{where}: {sessions} sessions, written {age_s:.0f} s ago"
 
 
 def _printable(name: str) -> str:

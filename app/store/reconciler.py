@@ -153,6 +153,7 @@ class Reconciler:
         self.warm_start_dir = settings.warm_start_dir or self.root / warmstart.FOLDER
         self._warm_start_writer: threading.Thread | None = None
         self._rechecks: list[float] = []  # rescans soon after a warm start (monotonic times)
+        self._rescan_again = False  # a recheck came due while a scan ran: another one after it
         self.poller: Poller | None = None
         # On a network filesystem a poll's folder operations (a listing, a stat per hot file:
         # each a round trip) take up to seconds: they run in a thread of their own while this
@@ -221,8 +222,9 @@ class Reconciler:
             self.watcher.join(max(0.0, deadline - time.monotonic()))
         if self.announcements is not None:
             self.announcements.join(max(0.0, deadline - time.monotonic()))
-        if self._warm_start_writer is not None:
-            self._warm_start_writer.join(max(0.0, deadline - time.monotonic()))
+        writer = self._warm_start_writer
+        if writer is not None and writer.ident is not None:  # not started if stopped before ready
+            writer.join(max(0.0, deadline - time.monotonic()))
         for executor in (self._scanner, self._scan_stats, self._poll_io):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
@@ -296,7 +298,7 @@ class Reconciler:
                 self._finish_rescan()
                 now = time.monotonic()
                 if rescan or (next_rescan is not None and now >= next_rescan):
-                    self._start_rescan()
+                    self._start_rescan(again=bool(self._rechecks) and self._rechecks[0] <= now)
                     next_rescan = self._next_rescan(rescan_interval)
                 elif next_poll is not None and now >= next_poll:
                     self._poll()
@@ -399,6 +401,8 @@ class Reconciler:
             return  # stopped
         job_ids, folder = listing
         start = self._start_from_warm_start(reading, job_ids)
+        taken_count = len(start.taken)
+        reading = None  # the file's records not taken: not kept while the rest is read
         # The version of every file read that no later write can share: what the next
         # warm-start file may hold (with the documents the cache keeps).
         versions: dict[str, Version] = {}
@@ -420,8 +424,8 @@ class Reconciler:
             self.poller.listed(job_ids, folder)
             self.poller.seed()
         self.stats.warmup_seconds = time.monotonic() - started
-        self.stats.warm_start_sessions = len(start.taken)
-        if start.taken:
+        self.stats.warm_start_sessions = taken_count
+        if taken_count:
             done = time.monotonic()
             self._rechecks = [done + after for after in WARM_START_RECHECKS_S]
         logger.info(
@@ -429,7 +433,7 @@ class Reconciler:
             extra={
                 "sessions": self.store.session_count(),
                 "files": len(job_ids),
-                "from_warm_start": len(start.taken),
+                "from_warm_start": taken_count,
                 "seconds": round(self.stats.warmup_seconds, 3),
             },
         )
@@ -449,8 +453,10 @@ class Reconciler:
 
     def _warm_start_then_read(self, taken: list[LoadedFile], to_read: Collection[str]) -> Iterator[LoadedFile]:
         """The sessions taken from the warm-start file, then every other file, read; a file that
-        is not a valid session is applied here."""
-        yield from taken
+        is not a valid session is applied here. (Taken ones leave the list as they go: what the
+        cache does not keep of them is not held meanwhile.)"""
+        while taken:
+            yield taken.pop()
         for job_id, outcome in self._read_many(to_read):
             if isinstance(outcome, BaseException):
                 self._settle(job_id, outcome)
@@ -460,16 +466,26 @@ class Reconciler:
     # --- the warm-start file (app.store.warmstart) ---------------------------------------------------
 
     def _read_warm_start(self) -> Future[warmstart.Contents]:
-        """Start reading the warm-start file in a thread of its own, while the folder is listed."""
-        reader = ThreadPoolExecutor(1, thread_name_prefix="sessions-warm-start", initializer=_lower_priority)
-        try:
-            settings = self.settings
-            limits = warmstart.Limits(settings.max_file_bytes, settings.cache_max_entries, settings.cache_max_bytes)
-            return reader.submit(warmstart.read, self.warm_start_dir, limits)
-        finally:
-            reader.shutdown(wait=False)
+        """Start reading the warm-start file in a thread of its own, while the folder is listed:
+        a daemon thread, which a read hung on a dead file server cannot keep the process for."""
+        settings = self.settings
+        limits = warmstart.Limits(settings.max_file_bytes, settings.cache_max_entries, settings.cache_max_bytes)
+        reading: Future[warmstart.Contents] = Future()
+
+        def read() -> None:
+            _lower_priority()
+            try:
+                reading.set_result(warmstart.read(self.warm_start_dir, limits))
+            except BaseException as exc:
+                reading.set_exception(exc)
+
+        threading.Thread(target=read, name="sessions-warm-start-read", daemon=True).start()
+        return reading
 
     def _warm_start_contents(self, reading: Future[warmstart.Contents]) -> warmstart.Contents | None:
+        while not reading.done():  # a stop does not wait for the read
+            if self.stop_event.wait(STOP_CHECK_S / 10):
+                return None
         try:
             return reading.result()
         except FileNotFoundError:
@@ -751,13 +767,16 @@ class Reconciler:
         listing, inodes = self._scan()
         return folder, listing, inodes
 
-    def _start_rescan(self) -> None:
+    def _start_rescan(self, *, again: bool = False) -> None:
         """A rescan: now, in this thread; on a network filesystem, started in the scanner's
-        thread and applied by `_finish_rescan` when it is done (one at a time)."""
+        thread and applied by `_finish_rescan` when it is done (one at a time). With `again`
+        (a recheck after a warm start), a scan still running, which began too early to see
+        what the recheck is for, is followed by another."""
         if self._scanner is None:
             self._rescan()
             return
         if self._scanning is not None:
+            self._rescan_again = self._rescan_again or again
             return
         self._scan_started = time.monotonic()
         self._scanning = self._scanner.submit(self._scan_with_key)
@@ -772,8 +791,11 @@ class Reconciler:
             folder, listing, inodes = scanning.result()
         except OSError as exc:
             self._folder_failed(exc)
-            return
-        self._apply_scan(self._scan_started, folder, listing, inodes)
+        else:
+            self._apply_scan(self._scan_started, folder, listing, inodes)
+        if self._rescan_again:
+            self._rescan_again = False
+            self._start_rescan()
 
     def _rescan(self) -> None:
         started = time.monotonic()

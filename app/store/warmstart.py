@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 import struct
@@ -39,6 +40,7 @@ from app.store.sessionfile import is_job_id
 FOLDER = ".warmstart"
 NAME = "sessions"
 TEMPORARY_SUFFIX = ".tmp"
+_TEMPORARY = re.compile(rf"{NAME}\.[0-9]+\.[0-9a-f]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
 MAGIC = b"job-sessions warm-start 1\n"
 HEADER = struct.Struct("<qQ")
 RECORD = struct.Struct("<HIqqq")
@@ -84,16 +86,31 @@ def read(folder: Path, limits: Limits) -> Contents:
     it cannot be read, WarmStartError when it is not whole, not of this format, or holds more
     than `limits` allow."""
     with _open_file(folder) as (file, version):
-        head = _read_exactly(file, len(MAGIC) + HEADER.size)
-        if head[: len(MAGIC)] != MAGIC:
-            raise WarmStartError("not a warm-start file of this version")
-        _, count = HEADER.unpack_from(head, len(MAGIC))
-        if count > min(MAX_RECORDS, limits.records):
-            raise WarmStartError(f"{count} records, more than the cache holds ({limits.records})")
+        count = _header(file, limits)
         records = dict(_records(_decompressed(file), count, limits))
     if len(records) != count:
         raise WarmStartError(f"{len(records)} distinct records, the header says {count}")
     return Contents(version, records)
+
+
+def summary(folder: Path, limits: Limits) -> tuple[Version, int]:
+    """The file's version and how many records it holds, checked as `read` checks it, without
+    holding its documents (for `python -m app check`, which may run beside the service)."""
+    with _open_file(folder) as (file, version):
+        count = _header(file, limits)
+        held = sum(1 for _ in _records(_decompressed(file), count, limits))
+    return version, held
+
+
+def _header(file: BinaryIO, limits: Limits) -> int:
+    """The number of records the header announces."""
+    head = _read_exactly(file, len(MAGIC) + HEADER.size)
+    if head[: len(MAGIC)] != MAGIC:
+        raise WarmStartError("not a warm-start file of this version")
+    count: int = HEADER.unpack_from(head, len(MAGIC))[1]
+    if count > min(MAX_RECORDS, limits.records):
+        raise WarmStartError(f"{count} records, more than the cache holds ({limits.records})")
+    return count
 
 
 @contextlib.contextmanager
@@ -191,7 +208,7 @@ def write(warm_start_folder: Path, records: Iterable[tuple[str, Version, bytes]]
     folder = _open_folder(warm_start_folder)
     try:
         _remove_abandoned(folder)
-        temporary = f"{NAME}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        temporary = f"{NAME}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"  # _TEMPORARY
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temporary, flags, 0o644, dir_fd=folder)
         try:
@@ -240,13 +257,14 @@ def current_version(folder: Path) -> Version | None:
 
 
 def _remove_abandoned(folder: int) -> None:
+    """Remove the temporary files of writers that died (ours only: the folder may be shared)."""
     cutoff = time.time() - ABANDONED_AFTER_S
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if name.endswith(TEMPORARY_SUFFIX):
+        if _TEMPORARY.fullmatch(name):
             try:
                 if os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(name, dir_fd=folder)
