@@ -396,28 +396,38 @@ def test_a_file_with_a_byte_order_mark_starts_warm_too(sessions_dir: Path) -> No
     assert second.signature("bom") == first.signature("bom")
 
 
+def hidden_by_a_client_cache(folder: Path, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the warm start's stats see `job_id`'s file as it is now, whatever it becomes:
+    a FUSE daemon's own attribute cache, which no forced stat passes, mocked (it cannot be held
+    on purpose here). The rescans' stats see the folder as it is."""
+    cached = os.stat(folder / f"{job_id}.json", follow_symlinks=False)
+    real_lstat = fileversion.forced_lstat
+    name = f"{job_id}.json"
+    monkeypatch.setattr(
+        fileversion, "forced_lstat", lambda entry, dir_fd: cached if entry == name else real_lstat(entry, dir_fd)
+    )
+
+
+def running_without_rescans(folder: Path) -> tuple[SessionStore, Reconciler]:
+    """A store and its reconciler, as the service runs them on a network mount, with full
+    rescans turned off (SESSIONS_RESCAN_INTERVAL_S=0): only a recheck runs one."""
+    settings = load_settings({"SESSIONS_DIR": str(folder), "SESSIONS_WATCH": "poll", "SESSIONS_RESCAN_INTERVAL_S": "0"})
+    store = SessionStore(folder, cache_max_entries=1000, cache_max_bytes=10**8, max_file_bytes=10**6)
+    return store, Reconciler(store, settings, watch=NETWORK)
+
+
 def test_a_change_hidden_at_the_start_is_seen_by_the_recheck(
     sessions_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """However far apart rescans are (here: never). The client's cache that hides a change from
-    the warm start's stats is mocked (a FUSE daemon's, which no forced stat passes, cannot be
-    held on purpose here); the rescan's stats see the folder as it is."""
+    """However far apart rescans are (here: never)."""
     for n in range(5):
         old(sessions_dir, f"done-{n}", status="completed")
     written(warmed(sessions_dir)[1])
-    cached = os.stat(sessions_dir / "done-1.json", follow_symlinks=False)
+    hidden_by_a_client_cache(sessions_dir, "done-1", monkeypatch)
     changed = encode(session_doc("done-1", status="completed", result="changed just before the start"))
     write_in_place(sessions_dir / "done-1.json", changed)
-    real_lstat = fileversion.forced_lstat
-    monkeypatch.setattr(
-        fileversion, "forced_lstat", lambda name, dir_fd: cached if name == "done-1.json" else real_lstat(name, dir_fd)
-    )
     monkeypatch.setattr(reconciler_module, "WARM_START_RECHECKS_S", (0.5, 1.0))
-    settings = load_settings(
-        {"SESSIONS_DIR": str(sessions_dir), "SESSIONS_WATCH": "poll", "SESSIONS_RESCAN_INTERVAL_S": "0"}
-    )
-    store = SessionStore(sessions_dir, cache_max_entries=1000, cache_max_bytes=10**8, max_file_bytes=10**6)
-    reconciler = Reconciler(store, settings, watch=NETWORK)
+    store, reconciler = running_without_rescans(sessions_dir)
     reconciler.start()
     try:
         assert reconciler.ready.wait(30)
@@ -477,21 +487,13 @@ def test_a_stop_as_the_warm_up_ends_stops_cleanly(sessions_dir: Path, monkeypatc
 def test_a_recheck_due_while_a_scan_runs_is_not_lost(sessions_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first recheck's scan outlives the second's moment (a big folder, a slow server: made
     here by holding the first scan at a gate, which is mocked): another scan follows it, and sees
-    what the client's cache hid at the start (mocked as in the test above)."""
+    what the client's cache hid at the start."""
     for n in range(5):
         old(sessions_dir, f"done-{n}", status="completed")
     written(warmed(sessions_dir)[1])
-    cached = os.stat(sessions_dir / "done-1.json", follow_symlinks=False)
-    real_lstat = fileversion.forced_lstat
-    monkeypatch.setattr(
-        fileversion, "forced_lstat", lambda name, dir_fd: cached if name == "done-1.json" else real_lstat(name, dir_fd)
-    )
+    hidden_by_a_client_cache(sessions_dir, "done-1", monkeypatch)
     monkeypatch.setattr(reconciler_module, "WARM_START_RECHECKS_S", (0.2, 0.5))
-    settings = load_settings(
-        {"SESSIONS_DIR": str(sessions_dir), "SESSIONS_WATCH": "poll", "SESSIONS_RESCAN_INTERVAL_S": "0"}
-    )
-    store = SessionStore(sessions_dir, cache_max_entries=1000, cache_max_bytes=10**8, max_file_bytes=10**6)
-    reconciler = Reconciler(store, settings, watch=NETWORK)
+    store, reconciler = running_without_rescans(sessions_dir)
     gate, scans = threading.Event(), []
     real_scan = reconciler._scan_with_key
 
